@@ -1,0 +1,27 @@
+"""TenSafe adapter for the Hugging Face ``transformers.Trainer``.
+
+Add ``TenSafeDPCallback`` to a stock Trainer, or use ``TenSafeTrainer``; the privacy mechanism itself lives in
+``shared_core``. Needs ``pip install 'tensafe[hf]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from shared_core._imports import require
+
+require("transformers", extra="hf")
+
+_LAZY: dict[str, str] = {}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tensafe_hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
