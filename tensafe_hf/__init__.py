@@ -9,9 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from shared_core._imports import require
+import importlib.util
 
-require("transformers", extra="hf")
+from shared_core.errors import MissingDependencyError
+
+if importlib.util.find_spec("transformers") is None:  # checked without importing, so the CLI stays light
+    raise MissingDependencyError("tensafe_hf needs transformers; install it with: pip install 'tensafe[hf]'")
 
 _LAZY: dict[str, str] = {}
 
