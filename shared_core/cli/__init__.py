@@ -13,6 +13,8 @@ from importlib.metadata import entry_points
 
 import typer
 
+from shared_core.errors import MissingDependencyError
+
 __all__ = ["build_app", "main"]
 
 _CORE_MODULES = ("shared_core.cli._privacy", "shared_core.cli._tssp", "shared_core.cli._hub")
@@ -30,8 +32,22 @@ def build_app() -> typer.Typer:
     for name in _CORE_MODULES:
         importlib.import_module(name).register(app)
     for ep in entry_points(group="tensafe.commands"):
-        ep.load()(app)
+        try:
+            register = ep.load()
+        except MissingDependencyError as exc:
+            _register_unavailable(app, ep.name, str(exc))
+            continue
+        register(app)
     return app
+
+
+def _register_unavailable(app: typer.Typer, name: str, reason: str) -> None:
+    """Keep an adapter's command visible when its extra is missing, failing with the install hint."""
+
+    @app.command(name, help=f"(unavailable: {reason})", context_settings={"ignore_unknown_options": True})
+    def _unavailable() -> None:
+        typer.echo(f"tensafe {name}: {reason}", err=True)
+        raise typer.Exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
