@@ -7,16 +7,18 @@ Add ``TenSafeDPCallback`` to a stock Trainer, or use ``TenSafeTrainer``; the pri
 from __future__ import annotations
 
 import importlib
-from typing import Any
-
 import importlib.util
+from typing import Any
 
 from shared_core.errors import MissingDependencyError
 
 if importlib.util.find_spec("transformers") is None:  # checked without importing, so the CLI stays light
     raise MissingDependencyError("tensafe_hf needs transformers; install it with: pip install 'tensafe[hf]'")
 
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "TenSafeDPCallback": "tensafe_hf.callback",
+    "TenSafeTrainer": "tensafe_hf.trainer",
+}
 
 __all__ = sorted(_LAZY)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -181,7 +182,9 @@ def check_per_example_gradients(
         worst = 0.0
         for i, row in enumerate(_rows(batch, batch_size)):
             loss = per_example_losses(row)
-            grads = torch.autograd.grad(loss.sum(), engine.params, allow_unused=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                grads = torch.autograd.grad(loss.sum(), engine.params, allow_unused=True)
             for (name, _), g_ref, g_hook in zip(engine.named_params, grads, hooked, strict=True):
                 ref = torch.zeros(()) if g_ref is None else g_ref.float()
                 got = torch.zeros(()) if g_hook is None else g_hook[i].float()
