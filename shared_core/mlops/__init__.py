@@ -17,6 +17,8 @@ _LAZY: dict[str, str] = {
     "redact_config_secrets": "shared_core.mlops.redaction",
     "redact_text": "shared_core.mlops.redaction",
     "scan_paths": "shared_core.mlops.redaction",
+    "secret_values": "shared_core.mlops.redaction",
+    "secret_values_from_env": "shared_core.mlops.redaction",
 }
 
 __all__ = sorted(_LAZY)

@@ -27,7 +27,16 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REDACTED", "find_secrets", "is_secret_key", "redact_config_secrets", "redact_text", "scan_paths"]
+__all__ = [
+    "REDACTED",
+    "find_secrets",
+    "is_secret_key",
+    "redact_config_secrets",
+    "redact_text",
+    "scan_paths",
+    "secret_values",
+    "secret_values_from_env",
+]
 
 REDACTED = "***REDACTED***"
 """What a redacted value is replaced with."""
@@ -242,6 +251,59 @@ def redact_config_secrets(obj: Any) -> Any:
         The redacted copy; ``obj`` itself is never modified.
     """
     return _redact(obj, None, {})
+
+
+def _collect(obj: Any, key: str | None, out: set[str], depth: int = 0) -> None:
+    if depth > 64:
+        return
+    if key is not None and is_secret_key(key):
+        if isinstance(obj, (str, bytes)):
+            text = obj.decode("utf-8", "replace") if isinstance(obj, bytes) else obj
+            if not _is_placeholder(text):
+                out.add(text)
+            return
+        if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            return
+    if isinstance(obj, str):
+        for m in _URL_CREDENTIALS.finditer(obj):
+            userinfo = m["userinfo"]
+            if userinfo != _URL_USERINFO_MASK:
+                out.add(userinfo)
+                _, _, password = userinfo.partition(":")
+                if len(password) >= 4:
+                    out.add(password)
+        for _kind, pattern in _TOKEN_PATTERNS:
+            out.update(m.group(0) for m in pattern.finditer(obj))
+        for pattern in (_ASSIGNMENT, _CLI_FLAG, _JSON_PAIR):
+            out.update(m["value"] for m in pattern.finditer(obj) if _names_a_secret(m))
+        if key is not None and _HEX40.match(obj) and set(_key_words(key)) & _HEX_KEY_WORDS:
+            out.add(obj)
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _collect(v, str(k), out, depth + 1)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            _collect(v, key, out, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _collect(getattr(obj, f.name), f.name, out, depth + 1)
+
+
+def secret_values(obj: Any) -> list[str]:
+    """The raw secret strings that :func:`redact_config_secrets` would remove from ``obj``.
+
+    Use them as canaries for :func:`find_secrets` / :func:`scan_paths` before uploading files derived from ``obj``.
+    Never log the result.
+    """
+    found: set[str] = set()
+    _collect(obj, None, found)
+    return sorted(v for v in found if len(v) >= 4)
+
+
+def secret_values_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values of secret-named environment variables (``HF_TOKEN``, ``WANDB_API_KEY`` ...), as scan canaries."""
+    env = os.environ if environ is None else environ
+    return secret_values({name: value for name, value in env.items() if is_secret_key(name)})
 
 
 def _iter_findings(text: str, canaries: list[str]) -> Iterator[tuple[int, str]]:
