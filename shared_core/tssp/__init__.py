@@ -14,12 +14,16 @@ _LAZY: dict[str, str] = {
     "SigningKeys": "shared_core.tssp.keys",
     "TrustedKeys": "shared_core.tssp.keys",
     "generate_keys": "shared_core.tssp.keys",
+    "inspect_package": "shared_core.tssp.verify",
+    "load_model": "shared_core.tssp.load",
     "load_signing_keys": "shared_core.tssp.keys",
     "load_trusted_keys": "shared_core.tssp.keys",
     "make_envelope": "shared_core.tssp.signing",
     "open_envelope": "shared_core.tssp.signing",
+    "pack": "shared_core.tssp.pack",
     "sign_detached": "shared_core.tssp.signing",
     "verify_detached": "shared_core.tssp.signing",
+    "verify_package": "shared_core.tssp.verify",
 }
 
 __all__ = sorted(_LAZY)
