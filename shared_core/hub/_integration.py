@@ -453,8 +453,8 @@ def _check_target(target: Path) -> None:
 def _verify_download(package: Path, trusted: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """Verify the downloaded package; returns (manifest, manifest digest, certificate)."""
     from shared_core.tssp._manifest import PAYLOAD_TYPE
-    from shared_core.tssp.package import verify_package
     from shared_core.tssp.signing import open_envelope
+    from shared_core.tssp.verify import verify_package
 
     if not (package / _ENVELOPE).is_file():
         raise VerificationError(f"the repository has no {_ENVELOPE}; it is not a TSSP package", path=_ENVELOPE,

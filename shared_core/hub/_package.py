@@ -132,7 +132,7 @@ def read_package(
             "by `tensafe pack`"
         )
     if trusted is not None:
-        from shared_core.tssp.package import verify_package
+        from shared_core.tssp.verify import verify_package
 
         verify_package(root, trusted=trusted)
     envelope = read_regular_file(root / _ENVELOPE, limit=_ENVELOPE_MAX)
