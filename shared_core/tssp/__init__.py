@@ -20,7 +20,7 @@ _LAZY: dict[str, str] = {
     "load_trusted_keys": "shared_core.tssp.keys",
     "make_envelope": "shared_core.tssp.signing",
     "open_envelope": "shared_core.tssp.signing",
-    "pack": "shared_core.tssp.pack",
+    "pack": "shared_core.tssp.packing",
     "sign_detached": "shared_core.tssp.signing",
     "verify_detached": "shared_core.tssp.signing",
     "verify_package": "shared_core.tssp.verify",

@@ -11,8 +11,8 @@ Order of checks, each failing closed with one line naming the file and the check
 6. content: safetensors structure, JSON of config, certificate and reports, and the certificate's binding to the
    exact weights and to the manifest's ``dp`` claim.
 
-Nothing is extracted and nothing is written: archives are streamed and hashed. No environment variable changes any
-of this.
+Nothing is extracted and nothing is written: archives are streamed and hashed. No setting from the process
+environment changes any of this.
 """
 
 from __future__ import annotations

@@ -38,3 +38,97 @@ def trusted(keys: SigningKeys) -> TrustedKeys:
 @pytest.fixture(scope="session")
 def other_keys(other_key_dir: Path) -> SigningKeys:
     return load_signing_keys(other_key_dir)
+
+
+# ------------------------------------------------------------------------------------------------- package helpers
+
+import base64  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+ENVELOPE = "tssp.dsse.json"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def adapter_dir(tmp_path: Path) -> Path:
+    """A fake peft adapter folder: two small LoRA tensors and a LoRA config."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    save_file(
+        {
+            "base_model.model.layers.0.q_proj.lora_A.weight": rng.standard_normal((4, 32)).astype(np.float32),
+            "base_model.model.layers.0.q_proj.lora_B.weight": rng.standard_normal((32, 4)).astype(np.float32),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
+    )
+    return folder
+
+
+def write_certificate(path: Path, weights: Path, **overrides: Any) -> Path:
+    cert = {
+        "model_name": "tiny",
+        "privacy_guarantee": {"epsilon": 3.0, "delta": 1e-5, "mechanism": "gaussian", "accountant": "prv"},
+        "weights": {"file": "adapter_model.safetensors", "sha256": sha256_file(weights)},
+    }
+    cert.update(overrides)
+    path.write_text(json.dumps(cert))
+    return path
+
+
+def read_manifest(pkg: Path) -> dict[str, Any]:
+    env = json.loads((pkg / ENVELOPE).read_bytes())
+    return json.loads(base64.b64decode(env["payload"]))
+
+
+def resign(
+    pkg: Path,
+    keys: SigningKeys,
+    *,
+    replace: dict[str, bytes] | None = None,
+    mutate: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Forge a package the way an attacker holding the keys would: rewrite files, fix the manifest, sign again."""
+    from shared_core.tssp.packing import _write_envelope
+
+    manifest = read_manifest(pkg)
+    for name, data in (replace or {}).items():
+        (pkg / name).write_bytes(data)
+        for entry in manifest["files"]:
+            if entry.get("stored_path", entry["path"]) == name:
+                key_size, key_sha = (
+                    ("ciphertext_size", "ciphertext_sha256")
+                    if "stored_path" in entry
+                    else (
+                        "size",
+                        "sha256",
+                    )
+                )
+                entry[key_size] = len(data)
+                entry[key_sha] = hashlib.sha256(data).hexdigest()
+    if mutate is not None:
+        mutate(manifest)
+    (pkg / ENVELOPE).unlink()
+    fd = os.open(pkg, os.O_RDONLY)
+    try:
+        _write_envelope(fd, manifest, keys)
+    finally:
+        os.close(fd)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (to prove that nothing was written)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -380,7 +380,7 @@ def _write_weights(root_fd: int, src: Path, cek: bytes | None) -> dict[str, Any]
                 checker.update(data)
                 yield data
 
-        write_new(root_fd, WEIGHTS_NAME, plain())
+        _checked_write(root_fd, WEIGHTS_NAME, plain())
         _finish_check(checker)
         return {"path": WEIGHTS_NAME, "role": "weights", "size": size, "sha256": plain_hash.hexdigest()}
 
@@ -399,7 +399,7 @@ def _write_weights(root_fd: int, src: Path, cek: bytes | None) -> dict[str, Any]
             yield out
 
     stored = WEIGHTS_NAME + ENCRYPTED_SUFFIX
-    written = write_new(root_fd, stored, sealed())
+    written = _checked_write(root_fd, stored, sealed())
     _finish_check(checker)
     assert enc.done
     assert written == _encrypt.ciphertext_size(size, chunk)
@@ -414,6 +414,13 @@ def _write_weights(root_fd: int, src: Path, cek: bytes | None) -> dict[str, Any]
         "ciphertext_size": written,
         "ciphertext_sha256": cipher_hash.hexdigest(),
     }
+
+
+def _checked_write(root_fd: int, name: str, blocks: Iterator[bytes]) -> int:
+    try:
+        return write_new(root_fd, name, blocks)
+    except VerificationError as exc:
+        raise ConfigError(f"refusing to package weights: {exc}") from None
 
 
 def _finish_check(checker: SafetensorsChecker) -> None:
