@@ -61,7 +61,20 @@ _SETTING_KEYS = (
 )
 # Settings that must match exactly when a run resumes (planned_steps may grow: the budget still stops the run).
 _RESUME_KEYS = tuple(k for k in _SETTING_KEYS if k != "planned_steps")
-_TOP_KEYS = {"format", "version", "settings", "fingerprint", "segments", "current", "steps", "checksum"}
+_TOP_KEYS = {
+    "format",
+    "version",
+    "settings",
+    "fingerprint",
+    "segments",
+    "current",
+    "steps",
+    "runs",
+    "runs_complete",
+    "checksum",
+}
+# Run-length history of the schedule, in order (for reports); accounting itself only needs the merged counts.
+MAX_RUNS = 1000
 
 
 def default_delta(num_examples: int) -> float:
@@ -132,6 +145,8 @@ class PrivacyLedger:
             planned_steps=planned_steps,
         )
         self._counts: dict[tuple[float, float], int] = {}
+        self._runs: list[list[Any]] = []
+        self._runs_complete = True
         self._current = (self._settings["sample_rate"], self._settings["noise_multiplier"])
         self._version = 0
         self._eps_cache: tuple[int, EpsilonResult] | None = None
@@ -201,6 +216,12 @@ class PrivacyLedger:
         """Record one optimizer update (one noised logical batch) with rate ``sample_rate`` and ``noise_multiplier``."""
         key = (check_sample_rate(sample_rate), check_noise_multiplier(noise_multiplier))
         self._counts[key] = self._counts.get(key, 0) + 1
+        if self._runs and (self._runs[-1][0], self._runs[-1][1]) == key:
+            self._runs[-1][2] += 1
+        elif len(self._runs) < MAX_RUNS:
+            self._runs.append([key[0], key[1], 1])
+        else:
+            self._runs_complete = False
         self._current = key
         self._version += 1
 
@@ -208,6 +229,13 @@ class PrivacyLedger:
     def steps(self) -> int:
         """Optimizer updates recorded."""
         return sum(self._counts.values())
+
+    @property
+    def runs(self) -> list[Segment] | None:
+        """The schedule in recorded order as ``(q, sigma, consecutive steps)`` runs; ``None`` if too long to keep."""
+        if not self._runs_complete:
+            return None
+        return [(q, s, n) for q, s, n in self._runs]
 
     @property
     def segments(self) -> list[Segment]:
@@ -351,6 +379,8 @@ class PrivacyLedger:
             "segments": [{"sample_rate": q, "noise_multiplier": s, "steps": n} for q, s, n in self.segments],
             "current": {"sample_rate": self._current[0], "noise_multiplier": self._current[1]},
             "steps": self.steps,
+            "runs": [list(run) for run in self._runs],
+            "runs_complete": self._runs_complete,
         }
         body["checksum"] = _digest(body)
         return body
@@ -394,6 +424,16 @@ class PrivacyLedger:
                 if n == 0 or (q, sigma) in ledger._counts:
                     raise LedgerError(f"privacy ledger segment #{index} is empty or repeated: {segment!r}")
                 ledger._counts[(q, sigma)] = n
+            runs = state["runs"]
+            if not isinstance(runs, list) or len(runs) > MAX_RUNS or not isinstance(state["runs_complete"], bool):
+                raise LedgerError("privacy ledger runs are malformed")
+            for run in runs:
+                if not isinstance(run, list) or len(run) != 3:
+                    raise LedgerError(f"privacy ledger run {run!r} is malformed")
+                ledger._runs.append([check_sample_rate(run[0]), check_noise_multiplier(run[1]), check_steps(run[2])])
+            ledger._runs_complete = state["runs_complete"]
+            if ledger._runs_complete and merge_segments((r[0], r[1], r[2]) for r in ledger._runs) != ledger.segments:
+                raise LedgerError("privacy ledger runs do not add up to its segments")
             current = state["current"]
             ledger._current = (
                 check_sample_rate(current["sample_rate"]),
