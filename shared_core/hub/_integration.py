@@ -195,6 +195,11 @@ class TenSafeHFHubIntegration:
             logger.warning("pushing %s without verifying it (require_tssp_verification=False)", package)
         view = read_package(package, trusted=trusted, include_encrypted_weights=self.config.include_encrypted_weights)
         uploads = list(view.uploads)
+        if self.config.generate_model_card and any(name == _CARD for name, _ in uploads):
+            raise ConfigError(
+                f"{package} has its own signed {_CARD}, which would clash with the generated model card; push with "
+                "generate_model_card=False (--no-card) to publish the package's README.md as the card"
+            )
         if self.config.generate_model_card:
             uploads.append((_CARD, self._card(view, repo_id, privacy_info).encode("utf-8")))
         elif privacy_info:
@@ -333,9 +338,10 @@ class TenSafeHFHubIntegration:
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.pull-", dir=target.parent))
         try:
             with self._hub_errors(f"pull {repo_id}", unavailable_hint=hint, failed_hint=hint):
-                commit, card = self._download(repo_id, revision, work)
+                commit = self._download(repo_id, revision, work)
             package = work / "package"
             try:
+                card = _separate_repo_files(package, trusted, repo_id)
                 manifest, digest, certificate = _verify_download(package, trusted)
                 if card is not None:
                     _check_card(card, digest, certificate)
@@ -358,8 +364,8 @@ class TenSafeHFHubIntegration:
         result["local_dir"] = str(target)
         return result
 
-    def _download(self, repo_id: str, revision: str | None, work: Path) -> tuple[str, str | None]:
-        """Download one commit into ``work/package``; returns (commit SHA, card text or None)."""
+    def _download(self, repo_id: str, revision: str | None, work: Path) -> str:
+        """Download one commit into ``work/package`` (the card included); returns the commit SHA."""
         hf = _hf()
         api = self._api()
         info = api.repo_info(repo_id, repo_type=self.config.repo_type, revision=revision)
@@ -377,19 +383,15 @@ class TenSafeHFHubIntegration:
         )
         package = work / "package"
         package.mkdir()
-        card: str | None = None
         for file in sorted(download.rglob("*")):
             rel = file.relative_to(download).as_posix()
             if rel.split("/")[0] == ".cache" or not file.is_file() or file.is_symlink():
                 continue
-            if rel == _CARD:
-                card = read_regular_file(file, limit=4 * 1024 * 1024).decode("utf-8", "replace")
-                continue
-            if rel in _REPO_ONLY:
+            if rel == ".gitattributes":
                 continue
             (package / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, package / rel)
-        return commit, card
+        return commit
 
     # ---------------------------------------------------------------------------------------------------- list
     def list_models(self, author: str | None = None) -> list[dict[str, Any]]:
@@ -448,6 +450,38 @@ def _check_target(target: Path) -> None:
             f"local_dir {target} is not empty and does not hold a TSSP package; pass a new or empty folder "
             "(a folder holding a previously pulled package is replaced)"
         )
+
+
+def _separate_repo_files(package: Path, trusted: Any, repo_id: str) -> str | None:
+    """Take the repo-level card out of the package folder unless the signed manifest lists a README.md itself.
+
+    Returns the card text when README.md is the repo's card, else ``None``. Also refuses, with a clear message, a
+    repository that holds a package without its encrypted weights (published with ``include_encrypted_weights=False``).
+    """
+    from shared_core.tssp._manifest import PAYLOAD_TYPE, parse_manifest, stored_name
+    from shared_core.tssp.signing import open_envelope
+
+    envelope = package / _ENVELOPE
+    if not envelope.is_file():
+        raise VerificationError(f"the repository has no {_ENVELOPE}; it is not a TSSP package", path=_ENVELOPE,
+                                check="files")
+    payload = open_envelope(read_regular_file(envelope, limit=4 * 1024 * 1024), payload_type=PAYLOAD_TYPE,
+                            trusted=trusted)
+    entries = parse_manifest(payload, trusted=trusted)["files"]
+    card: str | None = None
+    if _CARD not in {stored_name(e) for e in entries} and (package / _CARD).is_file():
+        card = (package / _CARD).read_text("utf-8", "replace")
+        (package / _CARD).unlink()
+    missing = sorted(
+        stored_name(e) for e in entries if e.get("role") == "weights" and not (package / stored_name(e)).exists()
+    )
+    if missing and all("stored_path" in e for e in entries if stored_name(e) in missing):
+        raise HubError(
+            f"{repo_id} holds the signed manifest, certificate and reports but not the encrypted weights "
+            f"({', '.join(missing)}): it was published with include_encrypted_weights=False. Get the package from "
+            "the publisher, or ask them to push with --include-encrypted-weights; nothing was written"
+        )
+    return card
 
 
 def _verify_download(package: Path, trusted: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
