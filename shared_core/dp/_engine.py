@@ -167,10 +167,9 @@ class DPGradientEngine:
                 del p._current_grad_sample
             p._forward_counter = 0
         for module in self.model.modules():
-            if hasattr(module, "activations"):
-                del module.activations
-            if hasattr(module, "max_batch_len"):
-                del module.max_batch_len
+            # Look in the instance dict only: wrappers such as peft's ModulesToSaveWrapper forward attribute reads.
+            module.__dict__.pop("activations", None)
+            module.__dict__.pop("max_batch_len", None)
 
     # ---- stage 1: per-example gradients, clip, accumulate ---------------------------------------------------
 
