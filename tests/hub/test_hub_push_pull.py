@@ -45,11 +45,13 @@ def test_push_then_pull_round_trip(online: FakeHub, key_dirs, make_package: Pack
     manifest = hub.pull_from_hub(REPO, tmp_path / "pulled")
     pulled = tmp_path / "pulled"
     assert {p.name for p in pulled.iterdir()} == PACKAGE_FILES  # no card, no .gitattributes, no .cache
-    original, fetched = load_file(str(package / "adapter_model.safetensors")), load_file(str(pulled / "adapter_model.safetensors"))
+    original = load_file(str(package / "adapter_model.safetensors"))
+    fetched = load_file(str(pulled / "adapter_model.safetensors"))
     assert original.keys() == fetched.keys()
     for key in original:
         np.testing.assert_array_equal(original[key], fetched[key])
-    assert manifest["privacy"]["epsilon"] == 7.5 and isinstance(manifest["privacy"]["epsilon"], float)
+    assert manifest["privacy"]["epsilon"] == 7.5
+    assert isinstance(manifest["privacy"]["epsilon"], float)
     assert manifest["privacy"]["delta"] == 1e-5
     assert manifest["dp"]["epsilon"] == "7.5"  # the signed manifest keeps its string
     assert manifest["revision"] == online.repos[("model", REPO)].head.oid
@@ -189,7 +191,8 @@ def test_offline_push_stops_quickly_with_instructions(key_dirs, make_package) ->
         _hub(key_dirs).push_to_hub(package, REPO)
     assert time.monotonic() - start < 2
     message = str(info.value)
-    assert str(package) in message and f"tensafe push {package} --repo-id {REPO}" in message
+    assert str(package) in message
+    assert f"tensafe push {package} --repo-id {REPO}" in message
     assert "HF_HUB_OFFLINE" in message
 
 
@@ -225,7 +228,8 @@ def test_canary_token_never_reaches_uploaded_bytes(online: FakeHub, key_dirs, ma
     assert any(r.headers.get("authorization") == f"Bearer {canary}" for r in online.requests)  # it was used
     assert canary.encode() not in online.bodies()
     assert all(canary not in r.path for r in online.requests)
-    assert canary not in str(failed.value) and canary not in caplog.text
+    assert canary not in str(failed.value)
+    assert canary not in caplog.text
     assert canary not in repr(TenSafeHFHubConfig(token=canary))
 
 
@@ -234,7 +238,8 @@ def test_secret_in_package_is_refused_before_anything_is_sent(online: FakeHub, k
     package = make_package(extra_files={"notes.txt": leaked})
     with pytest.raises(VerificationError, match="notes.txt") as info:
         _hub(key_dirs).push_to_hub(package, REPO)
-    assert info.value.path == "notes.txt" and info.value.check == "secret-scan"
+    assert info.value.path == "notes.txt"
+    assert info.value.check == "secret-scan"
     assert online.requests == []  # refused before any request
 
 
