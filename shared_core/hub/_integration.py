@@ -45,6 +45,11 @@ def _hf() -> Any:
     return require("huggingface_hub", extra="mlops")
 
 
+def _hf_constants() -> Any:
+    # A submodule of the lazily-initialised package: import it explicitly rather than as an attribute.
+    return require("huggingface_hub.constants", extra="mlops")
+
+
 class TenSafeHFHubIntegration:
     """Publish verified TSSP packages to the Hub and fetch them back verified.
 
@@ -65,7 +70,7 @@ class TenSafeHFHubIntegration:
         """The Hub URL: the config's, else ``HF_ENDPOINT`` read now, else ``https://huggingface.co``."""
         if self.config.endpoint:
             return self.config.endpoint.rstrip("/")
-        return (os.environ.get("HF_ENDPOINT") or _hf().constants.ENDPOINT).rstrip("/")
+        return (os.environ.get("HF_ENDPOINT") or _hf_constants().ENDPOINT).rstrip("/")
 
     def _token(self) -> str | None:
         return self.config.token or os.environ.get("HF_TOKEN") or None
@@ -95,7 +100,7 @@ class TenSafeHFHubIntegration:
         return redact_text(text)
 
     def _offline_reason(self) -> str | None:
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or _hf().constants.HF_HUB_OFFLINE:
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or _hf_constants().HF_HUB_OFFLINE:
             return "offline mode is on (HF_HUB_OFFLINE=1)"
         return None
 
@@ -116,22 +121,22 @@ class TenSafeHFHubIntegration:
     @contextlib.contextmanager
     def _hub_errors(self, what: str, *, unavailable_hint: str, failed_hint: str) -> Iterator[None]:
         """Turn client/transport errors into one-line TenSafe errors with the token scrubbed."""
-        hf = _hf()
+        errors = require("huggingface_hub.errors", extra="mlops")
         httpx = require("httpx2", extra="mlops")
         try:
             yield
-        except hf.errors.OfflineModeIsEnabled:
+        except errors.OfflineModeIsEnabled:
             self._raise(HubUnavailableError, f"cannot {what}: offline mode is on (HF_HUB_OFFLINE=1). "
                         f"{unavailable_hint}")
         except (httpx.TransportError, ConnectionError) as exc:
             self._raise(HubUnavailableError, f"cannot {what}: {self.endpoint} is not reachable ({exc}). "
                         f"{unavailable_hint}")
-        except hf.errors.RepositoryNotFoundError:
+        except errors.RepositoryNotFoundError:
             self._raise(HubError, f"cannot {what}: repository not found at {self.endpoint} (or it is private and the "
                         f"token has no access; set HF_TOKEN). {failed_hint}")
-        except hf.errors.RevisionNotFoundError:
+        except errors.RevisionNotFoundError:
             self._raise(HubError, f"cannot {what}: revision not found. {failed_hint}")
-        except hf.errors.HfHubHTTPError as exc:
+        except errors.HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
             detail = exc.server_message or str(exc).splitlines()[0]
             self._raise(HubError, f"cannot {what}: the Hub answered HTTP {status} ({detail}). {failed_hint}")
