@@ -423,7 +423,9 @@ def _parse_trusted_file(source: Path) -> tuple[dict[str, bytes], dict[str, str],
     try:
         doc = loads_strict(raw, max_size=_MAX_TRUSTED_FILE, allow_floats=False)
     except StrictDecodeError as exc:
-        raise ConfigError(f"trusted-keys file {source} is not valid: {exc}") from None
+        raise ConfigError(
+            f"trusted-keys file {source} is not valid ({exc}); pass a key folder or a trusted-keys JSON file"
+        ) from None
     if not isinstance(doc, dict) or set(doc) != set(KEY_FILES):
         raise ConfigError(f"trusted-keys file {source} must have exactly the keys {sorted(KEY_FILES)}")
     pems: dict[str, bytes] = {}

@@ -84,7 +84,7 @@ _SECRET_SUFFIXES = (
     "_credentials",
 )
 _SPECIAL_TOKENS = {"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token"}
-_URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@", re.IGNORECASE)
 _REDACTED = re.compile(r"\A(\**|<?\[?redacted\]?>?|\*+redacted\*+|none|null)\Z", re.IGNORECASE)
 
 
@@ -273,8 +273,10 @@ def _find_secret(value: Any, where: str) -> str | None:
             found = _find_secret(item, f"{where}[{index}]")
             if found:
                 return found
-    elif isinstance(value, str) and _URL_CREDENTIALS.search(value):
-        return f"{where} (a URL with credentials)"
+    elif isinstance(value, str):
+        for match in _URL_CREDENTIALS.finditer(value):
+            if not _REDACTED.match(match.group(1)):
+                return f"{where} (a URL with credentials)"
     return None
 
 
