@@ -84,7 +84,8 @@ def hub_base_model(certificate: Mapping[str, Any], manifest: Mapping[str, Any]) 
     when the signed manifest pins it to a Hub commit (``base_model.revision`` is a 40-hex SHA), since a bare name is
     as likely a local folder.
     """
-    pinned = manifest.get("base_model") if isinstance(manifest.get("base_model"), Mapping) else {}
+    recorded = manifest.get("base_model")
+    pinned: Mapping[str, Any] = recorded if isinstance(recorded, Mapping) else {}
     candidates = [pinned.get("repo"), certificate.get("base_model")]
     for value in candidates:
         if not isinstance(value, str) or not _HUB_ID.match(value) or ".." in value or "--" in value:

@@ -102,7 +102,7 @@ def run_on_rank_zero(fn: Callable[[], T], *, what: str) -> T:
             raise error
         if status == "error":
             raise _rebuild(value, what)
-        return value  # type: ignore[no-any-return]
+        return value
     finally:
         if created:
             dist.destroy_process_group()

@@ -194,6 +194,10 @@ def test_offline_push_stops_quickly_with_instructions(key_dirs, make_package) ->
     assert str(package) in message
     assert f"tensafe push {package} --repo-id {REPO}" in message
     assert "HF_HUB_OFFLINE" in message
+    with pytest.raises(HubUnavailableError, match="Nothing was written"):
+        _hub(key_dirs).pull_from_hub(REPO, package.parent / "pulled")
+    assert not (package.parent / "pulled").exists()
+    assert time.monotonic() - start < 3
 
 
 def test_unreachable_endpoint_stops_quickly(key_dirs, make_package, monkeypatch: pytest.MonkeyPatch) -> None:
