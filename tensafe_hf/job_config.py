@@ -151,7 +151,8 @@ def load_job_config(path: str | Path, *, output_dir: str | None = None) -> JobCo
     sections = {f.name for f in dataclasses.fields(JobConfig)}
     unknown = sorted(set(raw) - sections)
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) in {path}: {', '.join(unknown)}; allowed: {', '.join(sorted(sections))}")
+        allowed = ", ".join(sorted(sections))
+        raise ConfigError(f"unknown top-level key(s) in {path}: {', '.join(unknown)}; allowed: {allowed}")
     for required in ("model", "data", "dp"):
         if required not in raw:
             raise ConfigError(f"{path}: the '{required}' section is required")
