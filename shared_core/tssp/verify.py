@@ -445,7 +445,10 @@ def inspect_package(path: str | Path) -> dict[str, Any]:
         VerificationError: the package is not readable at all (no envelope, unparseable manifest).
     """
     source = Path(path)
-    info = os.lstat(source)
+    try:
+        info = os.lstat(source)
+    except FileNotFoundError:
+        raise VerificationError(f"{source}: no such package", path=str(source), check="layout") from None
     listing: list[dict[str, Any]] = []
     if stat.S_ISDIR(info.st_mode):
         kind = "directory"

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from shared_core.tssp.keys import SigningKeys, TrustedKeys, generate_keys, load_signing_keys
 
@@ -41,16 +49,6 @@ def other_keys(other_key_dir: Path) -> SigningKeys:
 
 
 # ------------------------------------------------------------------------------------------------- package helpers
-
-import base64  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
 
 ENVELOPE = "tssp.dsse.json"
 
