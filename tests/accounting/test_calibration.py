@@ -15,7 +15,7 @@ from shared_core.accounting import (
 from shared_core.errors import ConfigError
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=8, deadline=None, database=None)
 @given(
     target=st.floats(min_value=0.3, max_value=20.0),
     q=st.floats(min_value=1e-3, max_value=0.1),

@@ -132,7 +132,7 @@ _sigma = st.floats(min_value=0.6, max_value=8.0)
 _steps = st.integers(min_value=1, max_value=20_000)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, database=None)
 @given(q=_q, sigma=_sigma, steps=_steps, extra=st.integers(min_value=1, max_value=5000))
 def test_epsilon_grows_with_steps(q: float, sigma: float, steps: int, extra: int) -> None:
     a = compute_epsilon(sample_rate=q, noise_multiplier=sigma, steps=steps, delta=1e-5, accountant="rdp")
@@ -140,7 +140,7 @@ def test_epsilon_grows_with_steps(q: float, sigma: float, steps: int, extra: int
     assert b >= a
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, database=None)
 @given(q=_q, sigma=_sigma, steps=_steps, factor=st.floats(min_value=1.05, max_value=4.0))
 def test_epsilon_grows_with_q_and_falls_with_sigma(q: float, sigma: float, steps: int, factor: float) -> None:
     base = compute_epsilon(sample_rate=q, noise_multiplier=sigma, steps=steps, delta=1e-5, accountant="rdp")
