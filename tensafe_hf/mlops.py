@@ -73,6 +73,21 @@ def sanitize_training_args_file(folder: str | os.PathLike[str], args: TrainingAr
     return True
 
 
+def _builtin_keys(tracker: str, logs: dict[str, Any]) -> set[str]:
+    """The metric keys the built-in ``report_to`` integration logs for ``logs`` (WandbCallback's rewrite_logs)."""
+    if tracker != "wandb":
+        return set(logs)
+    keys = set()
+    for key in logs:
+        if key.startswith("eval_"):
+            keys.add("eval/" + key[len("eval_") :])
+        elif key.startswith("test_"):
+            keys.add("test/" + key[len("test_") :])
+        else:
+            keys.add("train/" + key)
+    return keys
+
+
 class _TrackerCallback(TrainerCallback):
     """Shared Trainer plumbing of the tracker callbacks (rank gating, throttling, resume, artifacts)."""
 
@@ -141,7 +156,13 @@ class _TrackerCallback(TrainerCallback):
         is_last = bool(state.max_steps) and state.global_step >= state.max_steps
         if not self._throttle.should_log(state.global_step, is_eval=is_eval, is_last=is_last):
             return
+        if is_eval:  # the training metrics of this step were published with the training record
+            metrics = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         self._history.add(state.global_step, metrics)
+        if self.tracker in (args.report_to or []):
+            # the built-in integration already logged these very keys to the same run at this step
+            shared = _builtin_keys(self.tracker, logs)
+            metrics = {k: v for k, v in metrics.items() if k not in shared}
         self._log(metrics, state.global_step)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -164,21 +185,36 @@ class _TrackerCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self._ensure_started(args, state)
-        output_dir = Path(args.output_dir)
-        staging = output_dir / _STAGING / self.tracker
+        self.publish_artifacts(args.output_dir, args=args)
+
+    def publish_artifacts(
+        self, output_dir: str | os.PathLike[str], *, args: TrainingArguments | None = None
+    ) -> dict[str, Any]:
+        """Publish the certificate, report, config and package found in ``output_dir`` to this callback's run.
+
+        ``on_train_end`` calls it; call it again after writing the release (e.g. ``release_adapter``) when the
+        certificate is produced after ``trainer.train()`` returns. Call it on the main process only. Never raises.
+
+        Returns:
+            The summary (also in :attr:`summary`).
+        """
+        out = Path(output_dir)
+        staging = out / _STAGING / self.tracker
         canaries = [*secret_values_from_env(), *secret_values(dataclasses.asdict(self.config))]
-        canaries += list(_secret_arg_fields(args).values())
+        if args is not None:
+            canaries += list(_secret_arg_fields(args).values())
         try:
-            sanitize_training_args_file(output_dir, args)
-            artifacts = collect_run_artifacts(
-                output_dir, staging, include_adapter=self._include_adapter(), canaries=canaries
-            )
+            if args is not None:
+                sanitize_training_args_file(out, args)
+            artifacts = collect_run_artifacts(out, staging, include_adapter=self._include_adapter(), canaries=canaries)
             for name in artifacts.missing:
-                message = f"{self.tracker}: {name} not found in {output_dir}; not logged"
+                message = f"{self.tracker}: {name} not found in {out}; not logged"
                 warnings.warn(message, UserWarning, stacklevel=2)
             for name, reason in artifacts.refused:
                 logger.error("%s: %s NOT uploaded, a secret was found in it (%s)", self.tracker, name, reason)
             self._summary = self._publish(artifacts)
+            self._summary["missing"] = list(artifacts.missing)
+            self._summary["refused"] = [name for name, _ in artifacts.refused]
         except Exception as exc:  # the run is trained; a publishing failure is reported, not raised
             logger.warning("%s end-of-run publishing failed: %s", self.tracker, exc)
             self._summary = {"error": str(exc)}
@@ -186,6 +222,7 @@ class _TrackerCallback(TrainerCallback):
             shutil.rmtree(staging, ignore_errors=True)
             if staging.parent.is_dir() and not any(staging.parent.iterdir()):
                 staging.parent.rmdir()
+        return dict(self._summary)
 
     @property
     def summary(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "REDACTED": "shared_core.mlops.redaction",
     "find_secrets": "shared_core.mlops.redaction",
+    "has_url_credentials": "shared_core.mlops.redaction",
     "is_secret_key": "shared_core.mlops.redaction",
     "redact_config_secrets": "shared_core.mlops.redaction",
     "redact_text": "shared_core.mlops.redaction",

@@ -26,11 +26,11 @@ from shared_core.mlops.artifacts import CERTIFICATE_NAME, RunArtifacts, certific
 from shared_core.mlops.buffer import JsonlBuffer
 from shared_core.mlops.config import TenSafeMLflowConfig
 from shared_core.mlops.params import flatten_params, sanitize_key, split_params
-from shared_core.mlops.redaction import redact_config_secrets, redact_text
+from shared_core.mlops.redaction import has_url_credentials, redact_config_secrets, redact_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MLflowPublisher", "replay_mlflow_buffer"]
+__all__ = ["MLflowPublisher", "replay_mlflow_buffer", "suppress_credential_url_printing"]
 
 _PROBE_INTERVAL_S = 5.0
 _PROBE_TIMEOUT_S = 2.0
@@ -43,6 +43,16 @@ def _strip_userinfo(uri: str) -> str:
     parts = urllib.parse.urlsplit(uri)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def suppress_credential_url_printing(*uris: str | None) -> None:
+    """Stop MLflow printing "View run ... at <tracking URI>" to stdout when a URI carries credentials.
+
+    MLflow writes that line on every run end (also the built-in MLflowCallback's); console capture (W&B, CI logs)
+    would keep the password. ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` is read at each run end.
+    """
+    if any(uri and has_url_credentials(uri) for uri in uris):
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _is_permanent(exc: BaseException) -> bool:
@@ -72,6 +82,8 @@ class MLflowPublisher:
         self.dropped: list[str] = []
         self._mlflow = require("mlflow", extra="mlops")
         self._uri = config.tracking_uri or self._mlflow.get_tracking_uri()
+        current = self._mlflow.get_tracking_uri()
+        suppress_credential_url_printing(self._uri, current, os.environ.get("MLFLOW_TRACKING_URI"))
         self._client = self._mlflow.MlflowClient(tracking_uri=self._uri)
         self._reachable_at = 0.0
         self._reachable_cached = True

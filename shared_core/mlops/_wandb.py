@@ -16,7 +16,7 @@ from shared_core.mlops.artifacts import CERTIFICATE_NAME, RunArtifacts, certific
 from shared_core.mlops.config import TenSafeWandbConfig
 from shared_core.mlops.metrics import GUIDE_METRIC_KEYS, PrivacyHistory
 from shared_core.mlops.params import flatten_params
-from shared_core.mlops.redaction import redact_config_secrets, redact_text
+from shared_core.mlops.redaction import has_url_credentials, redact_config_secrets, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ class WandbPublisher:
     def start(self, *, run_name: str | None, resume_run_id: str | None = None) -> str | None:
         """Reuse ``wandb.run`` if there is one, else start (or resume) a run; falls back to offline mode."""
         wandb = self._wandb
+        uri = _env("MLFLOW_TRACKING_URI")
+        if uri and has_url_credentials(uri):  # W&B captures the console; MLflow prints its URI at each run end
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         user_config = self._redact(dict(self.config.config or {}))
         if wandb.run is not None:
             self.run, self.owns_run = wandb.run, False

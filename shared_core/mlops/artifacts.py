@@ -10,7 +10,6 @@ never uploaded.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -191,7 +190,7 @@ def certificate_tags(certificate: Mapping[str, Any] | None, *, certificate_path:
 
 
 def verify_tssp_package(package: Path | None, *, trusted_keys: str | os.PathLike[str] | None) -> bool:
-    """Whether ``package`` verifies against ``trusted_keys`` with ``shared_core.tssp.package.verify_package``.
+    """Whether ``package`` verifies against ``trusted_keys`` with ``shared_core.tssp.verify.verify_package``.
 
     False (with a log line saying why) when there is no package, no trusted keys, no verifier in this build, or
     verification fails. Never raises.
@@ -209,11 +208,7 @@ def verify_tssp_package(package: Path | None, *, trusted_keys: str | os.PathLike
         return False
     try:
         trusted = load_trusted_keys(trusted_keys)
-        params = inspect.signature(verify_package).parameters
-        if "trusted" in params:
-            verify_package(package, trusted=trusted)
-        else:
-            verify_package(package, trusted)
+        verify_package(package, trusted=trusted)
     except Exception as exc:  # any failure means "not verified"; the reason is logged
         logger.warning("TSSP package %s failed verification: %s; tssp_verified=false", package, exc)
         return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +120,13 @@ class TenSafeMLflowConfig:
 
 
 def resolve_config(cls: type[Any], config: Any, kwargs: dict[str, Any]) -> Any:
-    """Build ``cls`` from a config object or from keyword arguments (not both), naming unknown fields."""
+    """Build ``cls`` from a config object or from keyword arguments (not both), naming unknown fields.
+
+    A plain dict passed as ``config`` to a class with a ``config`` field is that field (the guide's Quick Start
+    ``TenSafeWandbCallback(project=..., config={...})``).
+    """
+    if isinstance(config, Mapping) and "config" in {f.name for f in dataclasses.fields(cls)}:
+        kwargs, config = {**kwargs, "config": dict(config)}, None
     if config is not None:
         if kwargs:
             raise ConfigError(

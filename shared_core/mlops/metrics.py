@@ -101,6 +101,8 @@ class LogThrottle:
         """Whether to publish the record of ``step``; remembers the step when it says yes to a training record."""
         if is_eval:
             return True
+        if step == self.last_step:
+            return False  # one training record per step (the Trainer may log several dicts at one step)
         if is_last or self.last_step is None or step - self.last_step >= self.log_frequency or step < self.last_step:
             self.last_step = step
             return True

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "REDACTED",
     "find_secrets",
+    "has_url_credentials",
     "is_secret_key",
     "redact_config_secrets",
     "redact_text",
@@ -189,6 +190,11 @@ def redact_text(text: str) -> str:
 
 def _names_a_secret(match: re.Match[str]) -> bool:
     return is_secret_key(match["name"]) and not _is_placeholder(match["value"])
+
+
+def has_url_credentials(text: str) -> bool:
+    """Whether ``text`` holds a URL with credentials (``scheme://user:pass@host``)."""
+    return any(m["userinfo"] != _URL_USERINFO_MASK for m in _URL_CREDENTIALS.finditer(text))
 
 
 def _redact_value_under_secret_key(value: Any) -> Any:
