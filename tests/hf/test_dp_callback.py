@@ -359,3 +359,40 @@ def test_iterable_dataset_is_refused_and_an_unverified_sampler_is_labelled(tmp_p
         trainer.train()
     assert cb.summary()["sampler_verified"] is False
     assert json.loads((tmp_path / "privacy_state.json").read_text())["settings"]["sampler"].startswith("unverified")
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_apply_the_same_noised_update_and_q_counts_all_ranks(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(__file__).parent / "_hf_ddp_script.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["expected_batch_size"] == 2 * 2 * 2  # per-device x accumulation x world
+    assert ranks[0]["sample_rate"] == pytest.approx(8 / 32)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 3
+    assert ranks[0]["norms"] == ranks[1]["norms"]
+    assert ranks[0]["params"] == ranks[1]["params"]
