@@ -64,7 +64,7 @@ def poisson_possible(trainer: Trainer) -> tuple[bool, str]:
     if isinstance(dataset, torch.utils.data.IterableDataset):
         return False, "an IterableDataset cannot be sampled per example"
     try:
-        len(dataset)
+        len(dataset)  # type: ignore[arg-type]
     except TypeError:
         return False, "the train_dataset has no length"
     return True, ""

@@ -262,7 +262,7 @@ class TenSafeDPCallback(TrainerCallback):
         device = trainer.args.device
         if is_empty_batch(inputs):
             return torch.zeros((), device=device)
-        model = trainer.model
+        model = self._model()
         model.train()
         inputs = trainer._prepare_inputs(inputs)
         with engine.capture():
@@ -315,7 +315,7 @@ class TenSafeDPCallback(TrainerCallback):
         self._check_horizon(horizon, state.global_step)
         if self._engine is not None:
             self._engine.close()
-        model = trainer.model
+        model = self._model()
         self._loss_fn = self._custom_loss or make_per_example_loss(model, self._task)
         self._run_structural_preflight(model, trainer)
         self._engine = DPGradientEngine(
@@ -327,7 +327,7 @@ class TenSafeDPCallback(TrainerCallback):
         )
         self._trainable_names = [n for n, _ in self._engine.named_params]
         _preflight.check_optimizer_covers_trainable(
-            self._engine.named_params, (p for g in trainer.optimizer.param_groups for p in g["params"])
+            self._engine.named_params, (p for g in _optimizer(trainer).param_groups for p in g["params"])
         )
         if self.dp_config.preflight:
             self._numerical_preflight(trainer)
@@ -371,7 +371,7 @@ class TenSafeDPCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._ledger is None or not args.should_save:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
             raise LedgerError(
                 f"checkpoint folder {folder} does not exist after on_save; the privacy ledger cannot be stored with it"
@@ -381,16 +381,16 @@ class TenSafeDPCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        trainer = self._require_trainer()
+        self._require_trainer()
         if self._engine is not None:
             self._engine.close()
             self._engine = None
         if self._ledger is None or not state.is_world_process_zero:
             return
-        out = Path(args.output_dir)
+        out = Path(str(args.output_dir))
         out.mkdir(parents=True, exist_ok=True)
         self._ledger.save(out / PRIVACY_STATE_NAME)
-        _save_adapter_atomically(trainer.model, out / ADAPTER_DIR)
+        _save_adapter_atomically(self._model(), out / ADAPTER_DIR)
         logger.info(
             "TenSafe: %d DP updates, epsilon %.4g; wrote %s and %s/",
             self._ledger.steps,
@@ -400,6 +400,12 @@ class TenSafeDPCallback(TrainerCallback):
         )
 
     # ---- helpers --------------------------------------------------------------------------------------------------
+
+    def _model(self) -> nn.Module:
+        model = self._require_trainer().model
+        if model is None:
+            raise ConfigError("the Trainer has no model")
+        return model
 
     def _require_trainer(self) -> Trainer:
         if self._trainer is None:
@@ -434,6 +440,7 @@ class TenSafeDPCallback(TrainerCallback):
     def _new_ledger(self, plan: DPPlan, horizon: int) -> Any:
         from shared_core.accounting.ledger import PrivacyLedger
 
+        assert self._noise_multiplier is not None
         return PrivacyLedger(
             **self._ledger_settings(plan), noise_multiplier=self._noise_multiplier, planned_steps=horizon
         )
@@ -464,7 +471,9 @@ class TenSafeDPCallback(TrainerCallback):
         from shared_core.accounting.ledger import PrivacyLedger
 
         folder = (
-            Path(self._resume_path) if self._resume_path else Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            Path(self._resume_path)
+            if self._resume_path
+            else Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         )
         path = folder / CHECKPOINT_LEDGER_NAME
         if not path.is_file():
@@ -496,7 +505,7 @@ class TenSafeDPCallback(TrainerCallback):
             return
         collator = trainer._get_collator_with_removed_columns(trainer.data_collator, description="Training")
         batch = trainer._prepare_inputs(collator(items))
-        loss_fn, model = self._loss_fn, trainer.model
+        loss_fn, model = self._loss_fn, self._model()
         dtype = next(p for p in model.parameters() if p.requires_grad).dtype
         import torch
 
@@ -508,6 +517,12 @@ class TenSafeDPCallback(TrainerCallback):
             batch_size=k,
             rtol=rtol,
         )
+
+
+def _optimizer(trainer: Trainer) -> Any:
+    if trainer.optimizer is None:
+        raise PrivacyError("the Trainer has no optimizer at train begin; TenSafe cannot check its parameters")
+    return trainer.optimizer
 
 
 def _refuse_raw_gradient_watch() -> None:
@@ -548,7 +563,10 @@ def _save_adapter_atomically(model: nn.Module, target: Path) -> None:
     """``model.save_pretrained`` into a temporary sibling folder, then swap it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(str(tmp))
+        save = getattr(model, "save_pretrained", None)
+        if not callable(save):
+            raise ConfigError(f"{type(model).__name__} has no save_pretrained(); use a transformers/peft model")
+        save(str(tmp))
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:

@@ -42,5 +42,6 @@ class TenSafeTrainer(Trainer):
         if any(isinstance(cb, TenSafeDPCallback) for cb in callbacks):
             raise ConfigError("pass dp_config to TenSafeTrainer or a TenSafeDPCallback in callbacks, not both")
         self.dp_callback = TenSafeDPCallback(dp_config, **(dp_callback_kwargs or {}))
-        super().__init__(*args, callbacks=[*callbacks, self.dp_callback], **kwargs)
+        kwargs["callbacks"] = [*callbacks, self.dp_callback]
+        super().__init__(*args, **kwargs)
         self.dp_callback.attach(self)

@@ -162,10 +162,10 @@ class DPGradientEngine:
 
     def _clear_per_sample_state(self) -> None:
         for p in self.params:
-            p.grad_sample = None
+            p.grad_sample = None  # type: ignore[attr-defined]
             if hasattr(p, "_current_grad_sample"):
                 del p._current_grad_sample
-            p._forward_counter = 0
+            p._forward_counter = 0  # type: ignore[attr-defined]
         for module in self.model.modules():
             # Look in the instance dict only: wrappers such as peft's ModulesToSaveWrapper forward attribute reads.
             module.__dict__.pop("activations", None)
