@@ -192,12 +192,12 @@ class MLflowPublisher:
         if active is not None and self._mlflow.get_tracking_uri() == self._uri:
             self.run_id, self.owns_run = active.info.run_id, False
             return self.run_id
-        name = self.config.experiment_name or _env("MLFLOW_EXPERIMENT_NAME") or _DEFAULT_EXPERIMENT
+        name = args.get("experiment_name") or _DEFAULT_EXPERIMENT
         experiment = self._client.get_experiment_by_name(name)
         experiment_id = (
             experiment.experiment_id
             if experiment is not None
-            else self._client.create_experiment(name, artifact_location=self.config.artifact_location)
+            else self._client.create_experiment(name, artifact_location=args.get("artifact_location"))
         )
         run = self._client.create_run(experiment_id, run_name=args.get("run_name"), tags=args.get("tags") or {})
         self.run_id, self.owns_run = run.info.run_id, True
@@ -207,10 +207,14 @@ class MLflowPublisher:
         """Attach to the resumed run, the active run of the built-in MLflowCallback, or a new run."""
         name = self._redact(self.config.run_name or run_name)
         tags = {sanitize_key(str(k)): str(v) for k, v in self._redact(dict(self.config.tags or {})).items()}
-        self._call("start_run", run_name=name, tags=tags, resume_run_id=resume_run_id)
+        where = {
+            "experiment_name": self.config.experiment_name or _env("MLFLOW_EXPERIMENT_NAME"),
+            "artifact_location": self.config.artifact_location,
+        }
+        self._call("start_run", run_name=name, tags=tags, resume_run_id=resume_run_id, **where)
         if resume_run_id and self.run_id is None and self._reachable():
             logger.warning("MLflow run %s to resume was not found; starting a new run", resume_run_id)
-            self._call("start_run", run_name=name, tags=tags, resume_run_id=None)
+            self._call("start_run", run_name=name, tags=tags, resume_run_id=None, **where)
         if self.run_id and self.owns_run is False and resume_run_id and resume_run_id != self.run_id:
             logger.warning("resuming: logging to the active MLflow run %s, not saved %s", self.run_id, resume_run_id)
         if self.run_id and tags:
@@ -319,7 +323,7 @@ class MLflowPublisher:
         """Replay the buffer, end the run if this publisher started it; returns a summary for the user."""
         if len(self.buffer) and self._reachable():
             self.flush()
-        if self.owns_run and self.run_id is not None:
+        if self.owns_run or self.run_id is None:  # a run still to be created from the buffer is ours too
             self._call("terminate", status="FINISHED")
         left = len(self.buffer)
         if left:

@@ -58,6 +58,7 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path
     yield dirs
     if wandb.run is not None:
         wandb.finish()
+    wandb.teardown()  # the wandb singleton caches settings (mode, base URL) across tests
 
 
 def _runs(client: mlflow.MlflowClient, experiment: str) -> list[mlflow.entities.Run]:
