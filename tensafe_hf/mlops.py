@@ -185,7 +185,10 @@ class _TrackerCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self._ensure_started(args, state)
-        self.publish_artifacts(args.output_dir, args=args)
+        if self.config.publish_on_train_end:
+            self.publish_artifacts(args.output_dir, args=args)
+        else:
+            sanitize_training_args_file(args.output_dir, args)
 
     def publish_artifacts(
         self, output_dir: str | os.PathLike[str], *, args: TrainingArguments | None = None

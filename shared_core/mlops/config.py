@@ -43,6 +43,8 @@ class TenSafeWandbConfig:
             that cannot start falls back to offline.
         init_timeout: Seconds W&B may take to start a run before the offline fallback.
         trusted_keys: Trusted public keys file for verifying the TSSP package before it is logged.
+        publish_on_train_end: Publish the release files at ``on_train_end``; set False when they are written after
+            ``trainer.train()`` returns and call the callback's ``publish_artifacts(output_dir)`` then.
     """
 
     project: str | None = None
@@ -59,6 +61,7 @@ class TenSafeWandbConfig:
     mode: str | None = None
     init_timeout: float = 30.0
     trusted_keys: str | None = None
+    publish_on_train_end: bool = True
 
     def __post_init__(self) -> None:
         _check_frequency(self.log_frequency)
@@ -90,6 +93,8 @@ class TenSafeMLflowConfig:
         trusted_keys: Trusted public keys file; the version tag ``tssp_verified`` is ``"true"`` only when the
             package verifies against it.
         buffer_file: Name (in ``output_dir``) of the JSONL file that keeps records the server did not accept.
+        publish_on_train_end: Publish the release files at ``on_train_end``; set False when they are written after
+            ``trainer.train()`` returns and call the callback's ``publish_artifacts(output_dir)`` then.
     """
 
     experiment_name: str | None = None
@@ -107,6 +112,7 @@ class TenSafeMLflowConfig:
     redact_config_secrets: bool = True
     trusted_keys: str | None = None
     buffer_file: str = "tensafe_mlflow_buffer.jsonl"
+    publish_on_train_end: bool = True
 
     def __post_init__(self) -> None:
         _check_frequency(self.log_frequency)
