@@ -88,6 +88,10 @@ def _builtin_keys(tracker: str, logs: dict[str, Any]) -> set[str]:
     return keys
 
 
+def _output_dir(args: TrainingArguments) -> Path:
+    return Path(args.output_dir or "trainer_output")
+
+
 class _TrackerCallback(TrainerCallback):
     """Shared Trainer plumbing of the tracker callbacks (rank gating, throttling, resume, artifacts)."""
 
@@ -122,7 +126,7 @@ class _TrackerCallback(TrainerCallback):
             return
         self._started = True
         saved = find_checkpoint_state(
-            args.output_dir, global_step=state.global_step, resume_from=getattr(args, "resume_from_checkpoint", None)
+            _output_dir(args), global_step=state.global_step, resume_from=getattr(args, "resume_from_checkpoint", None)
         )
         resume_id = saved.get(self.tracker, {}).get("run_id")
         try:
@@ -168,7 +172,7 @@ class _TrackerCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint = _output_dir(args) / f"checkpoint-{state.global_step}"
         if not checkpoint.is_dir():
             return
         try:
@@ -186,9 +190,9 @@ class _TrackerCallback(TrainerCallback):
             return
         self._ensure_started(args, state)
         if self.config.publish_on_train_end:
-            self.publish_artifacts(args.output_dir, args=args)
+            self.publish_artifacts(_output_dir(args), args=args)
         else:
-            sanitize_training_args_file(args.output_dir, args)
+            sanitize_training_args_file(_output_dir(args), args)
 
     def publish_artifacts(
         self, output_dir: str | os.PathLike[str], *, args: TrainingArguments | None = None
@@ -307,7 +311,7 @@ class TenSafeMLflowCallback(_TrackerCallback):
         self._publisher: MLflowPublisher | None = None
 
     def _start(self, args: TrainingArguments, resume_run_id: str | None) -> str | None:
-        self._publisher = MLflowPublisher(self.config, output_dir=args.output_dir)
+        self._publisher = MLflowPublisher(self.config, output_dir=_output_dir(args))
         return self._publisher.start(run_name=args.run_name, resume_run_id=resume_run_id)
 
     def _log(self, metrics: dict[str, float], step: int) -> None:

@@ -207,7 +207,7 @@ def verify_tssp_package(package: Path | None, *, trusted_keys: str | os.PathLike
         logger.warning("TSSP package not verified: verifier unavailable (%s); tssp_verified=false", exc)
         return False
     try:
-        trusted = load_trusted_keys(trusted_keys)
+        trusted = load_trusted_keys(Path(trusted_keys))
         verify_package(package, trusted=trusted)
     except Exception as exc:  # any failure means "not verified"; the reason is logged
         logger.warning("TSSP package %s failed verification: %s; tssp_verified=false", package, exc)
