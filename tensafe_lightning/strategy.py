@@ -198,7 +198,9 @@ class _TenSafeDPMixin:
         if self._given_dp_config is None and isinstance(module_config, DPConfig):
             self._dp_config = module_config
         elif self._given_dp_config is None:
-            logger.info("TenSafe: no DPConfig given to the strategy or as module.dp_config; using %s", DEFAULT_DP_CONFIG)
+            logger.info(
+                "TenSafe: no DPConfig given to the strategy or as module.dp_config; using %s", DEFAULT_DP_CONFIG
+            )
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         checkpoint: dict[str, Any] = super().load_checkpoint(checkpoint_path, weights_only=weights_only)  # type: ignore[misc]
@@ -243,7 +245,12 @@ class _TenSafeDPMixin:
             stacklevel=2,
         )
         self._plan = make_plan(
-            dataloader, cfg, accumulation_steps=accumulation, world_size=world, rank=rank, sampler=f"unverified:{reason}"
+            dataloader,
+            cfg,
+            accumulation_steps=accumulation,
+            world_size=world,
+            rank=rank,
+            sampler=f"unverified:{reason}",
         )
         return dataloader
 
@@ -356,9 +363,9 @@ class _TenSafeDPMixin:
         trainer = self._trainer()
         if plan.sampler_verified and self._micro_batches != plan.accumulation_steps:
             raise PrivacyError(
-                f"a DP update followed {self._micro_batches} micro-batches, but each Poisson logical batch is split into "
-                f"{plan.accumulation_steps}; the update would mix logical batches. Keep limit_train_batches a multiple "
-                "of accumulate_grad_batches and resume only from checkpoints saved after an optimizer step"
+                f"a DP update followed {self._micro_batches} micro-batches, but each Poisson logical batch is split "
+                f"into {plan.accumulation_steps}; the update would mix logical batches. Keep limit_train_batches a "
+                "multiple of accumulate_grad_batches and resume only from checkpoints saved after an optimizer step"
             )
         self._micro_batches = 0
         if ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=sigma):
@@ -377,8 +384,10 @@ class _TenSafeDPMixin:
         if plan is None or ledger is None or sigma is None:
             return
         more_planned = self._horizon is None or ledger.steps < self._horizon
-        if not trainer.should_stop and more_planned and ledger.would_exceed_budget(
-            sample_rate=plan.sample_rate, noise_multiplier=sigma
+        if (
+            not trainer.should_stop
+            and more_planned
+            and ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=sigma)
         ):
             self._stop_for_budget(trainer)
         if _compat.should_update_logs(trainer) or trainer.should_stop:
@@ -438,7 +447,9 @@ class _TenSafeDPMixin:
                 "precision='bf16-mixed' or '32-true'"
             )
         if len(host.optimizers) != 1:
-            raise ConfigError(f"TenSafe DP needs exactly one optimizer, configure_optimizers gave {len(host.optimizers)}")
+            raise ConfigError(
+                f"TenSafe DP needs exactly one optimizer, configure_optimizers gave {len(host.optimizers)}"
+            )
         if isinstance(host.optimizers[0], torch.optim.LBFGS):
             raise ConfigError("LBFGS evaluates its closure several times per step; use SGD/Adam/AdamW with TenSafe DP")
         if trainer.overfit_batches:
@@ -584,9 +595,10 @@ class _TenSafeDPMixin:
         batch = host.batch_to_device(loader.collate_fn(items))
         mapping, rebuild = as_mapping(batch)
         if has_per_example_loss(module):
+            where = f"{type(module).__name__}.per_example_loss(batch)"
 
             def losses(b: Mapping[str, Any]) -> torch.Tensor:
-                return module.per_example_loss(rebuild(b))  # type: ignore[operator, no-any-return]
+                return check_per_example_losses(module.per_example_loss(rebuild(b)), where=where)  # type: ignore[operator]
 
         else:
 
@@ -596,7 +608,9 @@ class _TenSafeDPMixin:
         dtype = engine.params[0].dtype
         rtol = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
         with host.precision_plugin.train_step_context():
-            _preflight.check_per_example_gradients(engine, per_example_losses=losses, batch=mapping, batch_size=k, rtol=rtol)
+            _preflight.check_per_example_gradients(
+                engine, per_example_losses=losses, batch=mapping, batch_size=k, rtol=rtol
+            )
 
 
 def _planned_updates(trainer: pl.Trainer) -> int | None:
@@ -621,7 +635,8 @@ class TenSafeDPStrategy(_TenSafeDPMixin, SingleDeviceStrategy):
     """DP-SGD in one process; registered as ``Trainer(strategy="tensafe_dp")``.
 
     Example:
-        >>> trainer = L.Trainer(strategy=TenSafeDPStrategy(DPConfig(target_epsilon=8.0)), max_steps=100)  # doctest: +SKIP
+        >>> strategy = TenSafeDPStrategy(DPConfig(target_epsilon=8.0))
+        >>> trainer = L.Trainer(strategy=strategy, max_steps=100)  # doctest: +SKIP
         >>> trainer.fit(module)  # module implements per_example_loss(batch)  # doctest: +SKIP
 
     Note:
