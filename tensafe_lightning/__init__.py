@@ -23,6 +23,7 @@ from shared_core.errors import MissingDependencyError
 if importlib.util.find_spec("lightning") is None:
     raise MissingDependencyError("tensafe_lightning needs lightning; install it with: pip install 'tensafe[lightning]'")
 
+from tensafe_lightning.callback import TenSafeReleaseCallback  # noqa: E402
 from tensafe_lightning.strategy import (  # noqa: E402
     DEFAULT_DP_CONFIG,
     STRATEGY_NAMES,
@@ -38,5 +39,6 @@ __all__ = [
     "STRATEGY_NAMES",
     "TenSafeDDPStrategy",
     "TenSafeDPStrategy",
+    "TenSafeReleaseCallback",
     "register_strategies",
 ]
