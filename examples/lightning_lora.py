@@ -102,6 +102,12 @@ class LoRALanguageModel(L.LightningModule):
         return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr)
 
 
+def _mlflow_logger(uri: str, out: Path) -> Any:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(experiment_name="tensafe-lightning-lora", tracking_uri=uri, save_dir=str(out / "mlruns"))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/lightning-lora"))
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--target-epsilon", type=float, default=8.0)
     parser.add_argument("--accountant", choices=["prv", "rdp", "pld"], default="prv")
+    parser.add_argument("--mlflow-uri", default=None, help="also log to MLflow, e.g. sqlite:///mlflow.db")
     args = parser.parse_args(argv)
 
     texts = sentences(args.examples + 64)
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         val_check_interval=args.steps,
         check_val_every_n_epoch=None,
         log_every_n_steps=10,
-        logger=False,
+        logger=_mlflow_logger(args.mlflow_uri, args.out) if args.mlflow_uri else False,
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=str(args.out),
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "noise_multiplier": ledger.noise_multiplier,
         "eval_loss": float(trainer.callback_metrics["eval/loss"]),
         "package": str(callbacks[0].release.package_path) if callbacks and callbacks[0].release else None,  # type: ignore[attr-defined]
+        "mlflow_run_id": trainer.logger.run_id if args.mlflow_uri else None,  # type: ignore[union-attr]
     }
     print(json.dumps(summary, indent=2))
     return summary

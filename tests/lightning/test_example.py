@@ -23,7 +23,9 @@ def test_example_trains_lora_with_tensafe_dp_and_releases_a_verified_package(wor
     spec.loader.exec_module(example)
 
     out, keys = workdir / "out", workdir / "keys"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     args = ["--out", str(out), "--key-dir", str(keys), "--steps", "3", "--examples", "64", "--batch-size", "8"]
+    args += ["--mlflow-uri", uri]
     summary = example.main(args)
 
     assert summary["steps"] == 3
@@ -37,3 +39,13 @@ def test_example_trains_lora_with_tensafe_dp_and_releases_a_verified_package(wor
     manifest = verify_package(out / "model.tssp", trusted=load_trusted_keys(keys))
     assert manifest["files"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+    # The privacy figures and the release reached the attached MLflow logger's run.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    run_id = summary["mlflow_run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["privacy/epsilon_spent"] == pytest.approx(ledger.epsilon_spent, rel=1e-6)
+    names = {f.path for f in client.list_artifacts(run_id, "tensafe")}
+    assert {"tensafe/dp_certificate.json", "tensafe/privacy_report.json", "tensafe/model.tssp"} <= names
