@@ -44,4 +44,5 @@ def uses_gradient_accumulation_scheduler(trainer: pl.Trainer) -> bool:
     """Whether a ``GradientAccumulationScheduler`` changes the accumulation steps during training."""
     from lightning.pytorch.callbacks import GradientAccumulationScheduler
 
-    return any(isinstance(cb, GradientAccumulationScheduler) for cb in trainer.callbacks)
+    callbacks: list[Any] = getattr(trainer, "callbacks", [])
+    return any(isinstance(cb, GradientAccumulationScheduler) for cb in callbacks)

@@ -99,7 +99,11 @@ def make_plan(
             "the train dataloader has no batch_size (a custom batch_sampler?), so the expected batch size cannot be "
             "derived; set DPConfig(expected_batch_size=...) to the public expected global batch per update"
         )
-    b = dp_config.expected_batch_size or int(per_device) * ga * world
+    b = (
+        dp_config.expected_batch_size
+        if dp_config.expected_batch_size is not None
+        else int(per_device or 0) * ga * world
+    )
     if b > n:
         raise ConfigError(
             f"the expected batch size B={b} exceeds the {n} training examples; lower the DataLoader batch_size / "

@@ -182,7 +182,8 @@ def _save_adapter_atomically(model: nn.Module, target: Path) -> None:
 def _log_to_loggers(trainer: L.Trainer, release: Release) -> None:
     """Add the certificate, report and package to the runs of attached W&B / MLflow loggers (never fails the fit)."""
     files = [release.certificate_path, release.training_config_path, *release.report_paths.values()]
-    for lg in trainer.loggers:
+    loggers: list[Any] = list(trainer.loggers)
+    for lg in loggers:
         kind = type(lg).__name__
         try:
             if kind == "MLFlowLogger":

@@ -452,7 +452,7 @@ class _TenSafeDPMixin:
             )
         if isinstance(host.optimizers[0], torch.optim.LBFGS):
             raise ConfigError("LBFGS evaluates its closure several times per step; use SGD/Adam/AdamW with TenSafe DP")
-        if trainer.overfit_batches:
+        if getattr(trainer, "overfit_batches", 0):
             raise ConfigError("overfit_batches replaces the sampler with a fixed one; unset it for DP training")
         if _compat.uses_gradient_accumulation_scheduler(trainer):
             raise ConfigError(
