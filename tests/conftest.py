@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     try:
         yield
     finally:
+        if "wandb" in sys.modules:
+            # wandb keeps one process-wide settings singleton (run dir, mode, base URL) from its first use: drop it,
+            # so the next test's environment decides where its runs go.
+            sys.modules["wandb"].teardown()
         os.environ.clear()
         os.environ.update(saved)
 
