@@ -269,7 +269,11 @@ class TenSafeDPCallback(TrainerCallback):
             with trainer.compute_loss_context_manager():
                 losses = self._loss_fn(model, inputs)
             engine.accumulate(losses)
-        return losses.detach().float().mean().to(device)
+        # The host adds up what each micro-batch returns and logs that sum per update: the losses' sum over this
+        # rank's public expected share of the logical batch makes it the update's mean loss, as without DP.
+        plan = self._plan
+        share = plan.expected_batch_size / plan.world_size if plan is not None else float(len(losses))
+        return (losses.detach().float().sum() / share).to(device)
 
     def _filter_logs(self, logs: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in logs.items() if "grad_norm" not in k and k != "train/gradient_norm"}
@@ -442,7 +446,7 @@ class TenSafeDPCallback(TrainerCallback):
 
         assert self._noise_multiplier is not None
         return PrivacyLedger(
-            **self._ledger_settings(plan), noise_multiplier=self._noise_multiplier, planned_steps=horizon
+            **plan.ledger_settings(self.dp_config), noise_multiplier=self._noise_multiplier, planned_steps=horizon
         )
 
     def _check_horizon(self, horizon: int, done: int) -> None:
@@ -454,18 +458,6 @@ class TenSafeDPCallback(TrainerCallback):
             raise BudgetExhaustedError(
                 f"{exc} (or pass stop_at_budget=True to TenSafeDPCallback to stop cleanly when the budget is spent)"
             ) from None
-
-    def _ledger_settings(self, plan: DPPlan) -> dict[str, Any]:
-        return {
-            "target_epsilon": self.dp_config.target_epsilon,
-            "delta": self.dp_config.resolve_delta(plan.num_examples),
-            "accountant": self.dp_config.accountant,
-            "num_examples": plan.num_examples,
-            "sample_rate": plan.sample_rate,
-            "max_grad_norm": self.dp_config.max_grad_norm,
-            "expected_batch_size": plan.expected_batch_size,
-            "sampler": plan.sampler,
-        }
 
     def _restore_ledger(self, args: TrainingArguments, state: TrainerState, plan: DPPlan) -> Any:
         from shared_core.accounting.ledger import PrivacyLedger
@@ -482,7 +474,7 @@ class TenSafeDPCallback(TrainerCallback):
                 "training refuses to continue (epsilon must never restart at 0). Resume from a checkpoint written by "
                 "TenSafe, or start a new run."
             )
-        settings = self._ledger_settings(plan)
+        settings = plan.ledger_settings(self.dp_config)
         if self.dp_config.noise_multiplier is not None:
             settings["noise_multiplier"] = self.dp_config.noise_multiplier
         return PrivacyLedger.resume(path, global_step=int(state.global_step), **settings)

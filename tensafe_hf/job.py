@@ -63,6 +63,11 @@ def plan_job(config: JobConfig) -> JobPlan:
     from shared_core.accounting import calibrate_noise_multiplier, compute_epsilon
 
     _check_model_source(config.model.name_or_path)
+    if config.dp.noise_seed is not None:
+        raise ConfigError(
+            "dp.noise_seed fixes the DP noise, and a model trained with known noise cannot be certified; remove "
+            "dp.noise_seed (the noise is then seeded from the operating system)"
+        )
     data = config.data
     rows = read_rows(data.path, text_column=data.text_column, label_column=data.label_column)
     if data.keep_labels is not None:
@@ -268,6 +273,13 @@ def run_job(
         f"{ledger.epsilon_rdp:.4f})"
     )
     sample = _verify_and_generate(config, release.package_path, key_dir, model, tokenizer, console)
+    push_to_hub = push_to_hub or config.integrations.push_to_hub
+    if push_to_hub:
+        from shared_core.hub import TenSafeHFHubConfig, TenSafeHFHubIntegration
+
+        hub = TenSafeHFHubIntegration(config=TenSafeHFHubConfig(public_key=str(key_dir)))
+        url = hub.push_to_hub(str(release.package_path), push_to_hub)
+        console.print(f"Pushed the verified package to {url}")
     timings["total_s"] = time.perf_counter() - t0
     result = JobResult(
         output_dir=output_dir,

@@ -9,11 +9,10 @@ user put in place is dropped for training (validation and test loaders are left 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared_core.config import DPConfig
-from shared_core.dp import PoissonBatchSampler, collate_or_empty, updates_per_epoch
+from shared_core.dp import DPPlan, PoissonBatchSampler, collate_or_empty, updates_per_epoch
 from shared_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,36 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["DPPlan", "build_poisson_dataloader", "make_plan", "poisson_possible"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DPPlan:
-    """Public quantities of one run, derived once from the host's settings.
-
-    Attributes:
-        num_examples: N, rows of the whole training set.
-        expected_batch_size: B, the public expected global logical batch per update.
-        sample_rate: q = B / N.
-        updates_per_epoch: Logical batches per epoch, ``ceil(N / B)``.
-        accumulation_steps: Micro-batches per update (``Trainer(accumulate_grad_batches=...)``).
-        world_size: Processes.
-        rank: This process.
-        sampler: ``"poisson"``, or ``"unverified:<what>"`` when the host's sampler had to be kept.
-    """
-
-    num_examples: int
-    expected_batch_size: int
-    sample_rate: float
-    updates_per_epoch: int
-    accumulation_steps: int
-    world_size: int
-    rank: int
-    sampler: str
-
-    @property
-    def sampler_verified(self) -> bool:
-        """Whether the accounting covers the sampler that actually runs."""
-        return self.sampler == "poisson"
 
 
 def poisson_possible(dataloader: object) -> tuple[bool, str]:

@@ -498,25 +498,14 @@ class _TenSafeDPMixin:
             )
         )
 
-    def _ledger_settings(self, plan: DPPlan) -> dict[str, Any]:
-        cfg = self._dp_config
-        return {
-            "target_epsilon": cfg.target_epsilon,
-            "delta": cfg.resolve_delta(plan.num_examples),
-            "accountant": cfg.accountant,
-            "num_examples": plan.num_examples,
-            "sample_rate": plan.sample_rate,
-            "max_grad_norm": cfg.max_grad_norm,
-            "expected_batch_size": plan.expected_batch_size,
-            "sampler": plan.sampler,
-        }
-
     def _new_ledger(self, plan: DPPlan) -> PrivacyLedger:
         from shared_core.accounting.ledger import PrivacyLedger
 
         assert self._noise_multiplier is not None
         return PrivacyLedger(
-            **self._ledger_settings(plan), noise_multiplier=self._noise_multiplier, planned_steps=self._horizon
+            **plan.ledger_settings(self._dp_config),
+            noise_multiplier=self._noise_multiplier,
+            planned_steps=self._horizon,
         )
 
     def _restore_ledger(self, trainer: pl.Trainer, plan: DPPlan) -> tuple[PrivacyLedger, int] | None:
@@ -538,7 +527,7 @@ class _TenSafeDPMixin:
             )
         else:
             return None
-        settings = self._ledger_settings(plan)
+        settings = plan.ledger_settings(self._dp_config)
         if self._dp_config.noise_multiplier is not None:
             settings["noise_multiplier"] = self._dp_config.noise_multiplier
         ledger.check_resume(global_step=done - skipped, **settings)

@@ -53,6 +53,7 @@ _SETTING_KEYS = (
     "expected_batch_size",
     "max_grad_norm",
     "noise_multiplier",
+    "noise_seed_fixed",
     "num_examples",
     "planned_steps",
     "sample_rate",
@@ -113,6 +114,8 @@ class PrivacyLedger:
         expected_batch_size: Public expected logical batch ``B`` (the normaliser of the noised sum).
         sampler: Sampling scheme actually used; only ``poisson`` is covered by the accounting.
         planned_steps: Planned optimizer updates (for reports and the pre-training budget check).
+        noise_seed_fixed: Whether the noise came from a fixed, user-given seed (tests only): anyone who knows the seed
+            can regenerate and subtract the noise, so such a run reports epsilon but is never certified.
 
     Raises:
         ConfigError: A setting is invalid or inconsistent (for example ``q * N`` far from ``B``).
@@ -131,6 +134,7 @@ class PrivacyLedger:
         expected_batch_size: int,
         sampler: str = "poisson",
         planned_steps: int | None = None,
+        noise_seed_fixed: bool = False,
     ) -> None:
         self._settings = _validated_settings(
             target_epsilon=target_epsilon,
@@ -143,6 +147,7 @@ class PrivacyLedger:
             expected_batch_size=expected_batch_size,
             sampler=sampler,
             planned_steps=planned_steps,
+            noise_seed_fixed=noise_seed_fixed,
         )
         self._counts: dict[tuple[float, float], int] = {}
         self._runs: list[list[Any]] = []
@@ -194,6 +199,11 @@ class PrivacyLedger:
     def sampler(self) -> str:
         """Sampling scheme used by the run."""
         return str(self._settings["sampler"])
+
+    @property
+    def noise_seed_fixed(self) -> bool:
+        """Whether the noise came from a fixed seed (then no certificate is issued for the run)."""
+        return bool(self._settings["noise_seed_fixed"])
 
     @property
     def planned_steps(self) -> int | None:
@@ -547,6 +557,7 @@ def _validated_settings(
     expected_batch_size: int,
     sampler: str,
     planned_steps: int | None,
+    noise_seed_fixed: bool,
 ) -> dict[str, Any]:
     if target_epsilon is not None and (
         isinstance(target_epsilon, bool)
@@ -566,6 +577,8 @@ def _validated_settings(
         raise ConfigError(f"max_grad_norm must be a finite number > 0 (the clip norm C), got {max_grad_norm!r}")
     if not isinstance(sampler, str) or not sampler:
         raise ConfigError(f"sampler must name the sampling scheme (e.g. 'poisson'), got {sampler!r}")
+    if not isinstance(noise_seed_fixed, bool):
+        raise ConfigError(f"noise_seed_fixed must be True or False, got {noise_seed_fixed!r}")
     q = check_sample_rate(sample_rate)
     if q == 0.0:
         raise ConfigError("sample_rate must be > 0: q = expected_batch_size / num_examples")
@@ -582,6 +595,7 @@ def _validated_settings(
         "expected_batch_size": expected_batch_size,
         "max_grad_norm": float(max_grad_norm),
         "noise_multiplier": check_noise_multiplier(noise_multiplier),
+        "noise_seed_fixed": noise_seed_fixed,
         "num_examples": num_examples,
         "planned_steps": None if planned_steps is None else check_steps(planned_steps, name="planned_steps"),
         "sample_rate": q,

@@ -171,7 +171,8 @@ def build_certificate(
         The certificate as a JSON-ready dict (sign it with :func:`sign_certificate`).
 
     Raises:
-        PrivacyError: No update was recorded, epsilon is not finite, or the sampler is not covered.
+        PrivacyError: No update was recorded, epsilon is not finite, the noise came from a fixed seed, or the sampler
+            is not covered.
         ConfigError: An argument is malformed or contradicts the ledger.
     """
     if not isinstance(ledger, PrivacyLedger):
@@ -184,6 +185,12 @@ def build_certificate(
     weights = Path(weights_path)
     if not weights.is_file():
         raise ConfigError(f"weights_path {weights} is not a file; pass the exact weights file being released")
+    if ledger.noise_seed_fixed:
+        raise PrivacyError(
+            "the run drew its noise from a fixed seed (DPConfig.noise_seed): whoever knows the seed can regenerate "
+            "the noise and subtract it, so there is no DP guarantee to certify. Retrain with noise_seed=None (the "
+            "default, seeded from the operating system)"
+        )
     sampler_ok = ledger.sampler == "poisson"
     if not sampler_ok and not allow_unverified_sampler:
         raise PrivacyError(

@@ -7,6 +7,7 @@ calls on :class:`DPGradientEngine` and :class:`PoissonBatchSampler`. Accounting 
 from __future__ import annotations
 
 from shared_core.dp._engine import DPGradientEngine, UpdateResult
+from shared_core.dp._plan import DPPlan
 from shared_core.dp._sampler import (
     EMPTY_BATCH_KEY,
     PoissonBatchSampler,
@@ -25,6 +26,7 @@ __all__ = [
     "EMPTY_BATCH_KEY",
     "IGNORE_INDEX",
     "DPGradientEngine",
+    "DPPlan",
     "PerExampleLossFn",
     "PoissonBatchSampler",
     "UpdateResult",

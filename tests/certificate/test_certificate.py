@@ -237,6 +237,9 @@ def test_unverified_sampler_is_refused_unless_allowed(
 def test_build_refuses_what_it_cannot_certify(adapter_dir: Path) -> None:
     with pytest.raises(PrivacyError, match="no optimizer update"):
         certificate_for(make_ledger(accountant="rdp", steps=0), adapter_dir)
+    # Noise from a known seed can be regenerated and subtracted: epsilon is reported, but never certified.
+    with pytest.raises(PrivacyError, match="fixed seed"):
+        certificate_for(make_ledger(accountant="rdp", steps=3, noise_seed_fixed=True), adapter_dir)
     noiseless = make_ledger(accountant="rdp", steps=3, noise_multiplier=0.0)
     with pytest.raises(PrivacyError, match="infinite"):
         certificate_for(noiseless, adapter_dir)

@@ -114,6 +114,10 @@ def test_zero_noise_and_huge_clip_match_non_private_training_step_for_step(tmp_p
         for g_ex in _per_example_grads(reference, [data[i] for i in idx]):
             for acc, g in zip(grads, g_ex, strict=True):
                 acc += g / b
+        # The logged training loss is the update's loss per (public) expected example, as a user reads it.
+        with torch.no_grad():
+            expected_loss = sum(float(reference(**pad_collate([data[i]])).loss) for i in idx) / b
+        assert probe.logs[step]["loss"] == pytest.approx(expected_loss, rel=1e-4, abs=1e-6)
         for name, g in zip([n_ for n_, p in reference.named_parameters() if p.requires_grad], grads, strict=True):
             torch.testing.assert_close(probe.updates[step][name], g, rtol=0, atol=1e-5)
         with torch.no_grad():
@@ -203,6 +207,7 @@ def test_stock_trainer_with_callback_only_trains_and_writes_a_loadable_adapter(t
     assert cb.ledger.steps == 2
     assert 0 < cb.ledger.epsilon_spent <= 8.0
     assert cb.summary()["sampler"] == "poisson"
+    assert cb.ledger.noise_seed_fixed is False  # OS-seeded noise: this run can be certified
     after_frozen, after_lora = frozen(model), trainable(model)
     assert all(torch.equal(before_frozen[k], after_frozen[k]) for k in before_frozen)
     assert all(not torch.equal(before_lora[k], after_lora[k]) for k in before_lora)
@@ -228,6 +233,10 @@ def test_tensafe_trainer_is_the_one_line_alternative(tmp_path: Path) -> None:
     trainer.train()
     assert trainer.dp_callback.ledger.steps == 1
     assert (tmp_path / "privacy_state.json").is_file()
+    # _dp() fixes the noise seed (for reproducible tests): the ledger says so, and no certificate is issued for it.
+    assert trainer.dp_callback.ledger.noise_seed_fixed is True
+    state = json.loads((tmp_path / "privacy_state.json").read_text())
+    assert state["settings"]["noise_seed_fixed"] is True
 
 
 def test_callback_outside_a_trainer_refuses_with_a_clear_error(tmp_path: Path) -> None:

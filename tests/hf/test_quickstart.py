@@ -85,8 +85,9 @@ def test_quickstart_runs_end_to_end_on_real_model_and_data(tmp_path: Path) -> No
         ({"model": {"name_or_path": "/nonexistent/model"}}, "model"),
         ({"data": {"path": "/nonexistent/data.csv"}}, "does not exist"),
         ({"dp": {"target_epsilon": 0.001}}, "epsilon"),
+        ({"dp": {"noise_seed": 0}}, "dp.noise_seed"),
     ],
-    ids=["missing-model", "missing-data", "unreachable-budget"],
+    ids=["missing-model", "missing-data", "unreachable-budget", "fixed-noise-seed"],
 )
 def test_bad_input_stops_before_training_with_one_line(tmp_path: Path, overrides: dict, message: str) -> None:
     done = _tensafe("train", "--config", str(_short_config(tmp_path, **overrides)), cwd=tmp_path)
