@@ -112,7 +112,7 @@ class TenSafeReleaseCallback(L.Callback):
             return
         self.release = self._release(trainer, strategy, ledger)
         if self.log_artifacts:
-            _log_to_loggers(trainer, self.release)
+            _log_to_loggers(trainer, self.release, trusted_keys=str(self.key_dir), model_name=self.model_name)
 
     def _release(self, trainer: L.Trainer, strategy: Any, ledger: Any) -> Release:
         from shared_core.release import release_adapter
@@ -179,25 +179,58 @@ def _save_adapter_atomically(model: nn.Module, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _log_to_loggers(trainer: L.Trainer, release: Release) -> None:
-    """Add the certificate, report and package to the runs of attached W&B / MLflow loggers (never fails the fit)."""
-    files = [release.certificate_path, release.training_config_path, *release.report_paths.values()]
-    loggers: list[Any] = list(trainer.loggers)
-    for lg in loggers:
-        kind = type(lg).__name__
-        try:
-            if kind == "MLFlowLogger":
-                for path in files:
-                    lg.experiment.log_artifact(lg.run_id, str(path), artifact_path="tensafe")
-                lg.experiment.log_artifacts(lg.run_id, str(release.package_path), artifact_path="tensafe/model.tssp")
-            elif kind == "WandbLogger":
-                import wandb
+def _log_to_loggers(trainer: L.Trainer, release: Release, *, trusted_keys: str, model_name: str) -> None:
+    """Publish the release to the runs of attached W&B / MLflow loggers (never fails the fit).
 
-                run = lg.experiment
-                artifact = wandb.Artifact(f"dp-release-{run.id}", type="dp-certificate")
-                for path in files:
-                    artifact.add_file(str(path), name=path.name)
-                artifact.add_dir(str(release.package_path), name="model.tssp")
-                run.log_artifact(artifact)
-        except Exception as exc:  # a tracker must never lose the release that is already on disk
-            logger.warning("TenSafe: could not add the release to %s (%s); it is in %s", kind, exc, release.output_dir)
+    The files go through the same ``shared_core.mlops`` code as the Hugging Face callbacks: re-redacted, scanned
+    for this process' secrets (a file holding one is not uploaded), the package verified with the signing keys'
+    public halves; W&B gets a ``dp-certificate`` and a ``tssp-package`` artifact, MLflow the certificate (read
+    back), the package under ``model/`` and a registered version with the ``epsilon``/``delta``/``tssp_verified``
+    tags.
+    """
+    from shared_core.mlops.artifacts import collect_run_artifacts
+    from shared_core.mlops.redaction import secret_values_from_env
+
+    loggers = [lg for lg in trainer.loggers if type(lg).__name__ in ("MLFlowLogger", "WandbLogger")]
+    if not loggers:
+        return
+    with tempfile.TemporaryDirectory(prefix="tensafe-release-upload-") as staging:
+        artifacts = collect_run_artifacts(
+            release.output_dir, staging, include_adapter=False, canaries=secret_values_from_env()
+        )
+        for name, reason in artifacts.refused:
+            logger.error("TenSafe: %s NOT uploaded, a secret was found in it (%s)", name, reason)
+        for lg in loggers:
+            kind = type(lg).__name__
+            try:
+                if kind == "MLFlowLogger":
+                    _publish_to_mlflow(lg, artifacts, release, trusted_keys=trusted_keys, model_name=model_name)
+                else:
+                    _publish_to_wandb(lg, artifacts, trusted_keys=trusted_keys)
+            except Exception as exc:  # a tracker must never lose the release that is already on disk
+                logger.warning(
+                    "TenSafe: could not add the release to %s (%s); it is in %s", kind, exc, release.output_dir
+                )
+
+
+def _publish_to_mlflow(lg: Any, artifacts: Any, release: Release, *, trusted_keys: str, model_name: str) -> None:
+    from shared_core.mlops._mlflow import MLflowPublisher
+    from shared_core.mlops.config import TenSafeMLflowConfig
+
+    config = TenSafeMLflowConfig(
+        tracking_uri=lg._tracking_uri, trusted_keys=trusted_keys, registered_model_name=model_name
+    )
+    publisher = MLflowPublisher(config, output_dir=release.output_dir)
+    publisher.start(run_name=None, resume_run_id=lg.run_id)  # the logger's own run; Lightning ends it
+    publisher.publish_artifacts(artifacts)
+
+
+def _publish_to_wandb(lg: Any, artifacts: Any, *, trusted_keys: str) -> None:
+    from shared_core.mlops._wandb import WandbPublisher
+    from shared_core.mlops.config import TenSafeWandbConfig
+    from shared_core.mlops.metrics import PrivacyHistory
+
+    lg.experiment  # noqa: B018 - makes the logger start its run, which the publisher then reuses
+    publisher = WandbPublisher(TenSafeWandbConfig(trusted_keys=trusted_keys, log_model=False))
+    publisher.start(run_name=None)
+    publisher.publish_artifacts(artifacts, PrivacyHistory())

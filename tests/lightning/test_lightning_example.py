@@ -14,8 +14,14 @@ from shared_core.tssp import load_trusted_keys, verify_package
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_lora.py"
 
 
+CANARY = "hf_lightningCanary7c1d93e0a55f"
+
+
 @pytest.mark.slow
-def test_example_trains_lora_with_tensafe_dp_and_releases_a_verified_package(workdir: Path) -> None:
+def test_example_trains_lora_with_tensafe_dp_and_releases_a_verified_package(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", CANARY)
     spec = importlib.util.spec_from_file_location("lightning_lora_example", EXAMPLE)
     assert spec is not None
     assert spec.loader is not None
@@ -47,5 +53,19 @@ def test_example_trains_lora_with_tensafe_dp_and_releases_a_verified_package(wor
     run_id = summary["mlflow_run_id"]
     metrics = client.get_run(run_id).data.metrics
     assert metrics["privacy/epsilon_spent"] == pytest.approx(ledger.epsilon_spent, rel=1e-6)
-    names = {f.path for f in client.list_artifacts(run_id, "tensafe")}
-    assert {"tensafe/dp_certificate.json", "tensafe/privacy_report.json", "tensafe/model.tssp"} <= names
+    # Published by the same shared_core.mlops code as the HF callbacks: scanned, the certificate read back, the
+    # package verified and registered with its privacy tags.
+    names = {f.path for f in client.list_artifacts(run_id)}
+    assert {"dp_certificate.json", "privacy_report.json", "training_config.json", "model"} <= names
+    tags = client.get_run(run_id).data.tags
+    assert tags["tssp_verified"] == "true"
+    assert tags["dp.certificate_read_back"] == "true"
+    assert float(tags["dp.epsilon"]) == pytest.approx(ledger.epsilon_spent, rel=1e-6)
+    version = client.get_model_version_by_alias("out", "dp-certified")
+    assert version.run_id == run_id
+    assert version.tags["tssp_verified"] == "true"
+    assert float(version.tags["epsilon"]) == pytest.approx(ledger.epsilon_spent, rel=1e-6)
+    # A secret of the process environment reaches no byte that was written.
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
