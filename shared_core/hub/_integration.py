@@ -260,7 +260,23 @@ class TenSafeHFHubIntegration:
         hf = _hf()
         api = self._api()
         repo_type = self.config.repo_type
+        existed = api.repo_exists(repo_id, repo_type=repo_type)
         url = api.create_repo(repo_id, repo_type=repo_type, private=self.config.private, exist_ok=True)
+        try:
+            return self._commit_to(api, view, uploads, repo_id, message, url=str(url))
+        except BaseException:
+            if not existed:  # a first push that failed leaves no repo behind, not an empty one
+                try:
+                    api.delete_repo(repo_id, repo_type=repo_type, missing_ok=True)
+                except Exception as exc:  # the commit's error is the one to report
+                    logger.warning("could not remove the empty repository %s after the failed push: %s", repo_id, exc)
+            raise
+
+    def _commit_to(
+        self, api: Any, view: PackageView, uploads: list[tuple[str, bytes]], repo_id: str, message: str, *, url: str
+    ) -> str:
+        hf = _hf()
+        repo_type = self.config.repo_type
         info = api.repo_info(repo_id, repo_type=repo_type)
         if self.config.private and info.private is False:
             raise ConfigError(
@@ -289,7 +305,7 @@ class TenSafeHFHubIntegration:
             len(uploads),
             f", removed {len(stale)} stale" if stale else "",
         )
-        return str(url)
+        return url
 
     # ---------------------------------------------------------------------------------------------------- pull
     def pull_from_hub(

@@ -17,6 +17,7 @@ _LAZY: dict[str, str] = {
     "is_secret_key": "shared_core.mlops.redaction",
     "redact_config_secrets": "shared_core.mlops.redaction",
     "redact_text": "shared_core.mlops.redaction",
+    "replay_mlflow_buffer": "shared_core.mlops._mlflow",
     "scan_paths": "shared_core.mlops.redaction",
     "secret_values": "shared_core.mlops.redaction",
     "secret_values_from_env": "shared_core.mlops.redaction",

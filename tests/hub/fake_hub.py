@@ -180,6 +180,10 @@ class FakeHub:
         with self.lock:
             return len(self.repos[(repo_type, repo_id)].commits)
 
+    def exists(self, repo_id: str, repo_type: str = "model") -> bool:
+        with self.lock:
+            return (repo_type, repo_id) in self.repos
+
     def is_private(self, repo_id: str, repo_type: str = "model") -> bool:
         with self.lock:
             return self.repos[(repo_type, repo_id)].private

@@ -124,12 +124,25 @@ def test_package_signed_by_another_key_is_rejected(online, key_dirs, make_packag
         _hub(key_dirs).pull_from_hub(REPO, tmp_path / "pulled")
 
 
+@pytest.mark.parametrize("damage", ["tampered", "foreign-signer"])
+def test_push_verifies_the_package_first(online: FakeHub, key_dirs, make_package, damage: str) -> None:
+    if damage == "tampered":
+        package = make_package()
+        config = package / "adapter_config.json"
+        config.write_bytes(config.read_bytes().replace(b'"r"', b'"R"'))
+    else:
+        package = make_package(signer="other")
+    with pytest.raises(VerificationError):
+        _hub(key_dirs).push_to_hub(package, REPO)  # require_tssp_verification is on by default
+    assert online.requests == []  # refused before anything was sent
+
+
 def test_failed_commit_leaves_repo_as_it_was(online: FakeHub, key_dirs, make_package) -> None:
     hub = _hub(key_dirs)
     online.fail_next["commit"] = 500
     with pytest.raises(HubError, match="left as it was"):
         hub.push_to_hub(make_package(), REPO)
-    assert set(online.files(REPO)) == {".gitattributes"}  # repo created, but no file of the package
+    assert not online.exists(REPO)  # the repo this push created is removed again: no empty, half-published repo
 
     hub.push_to_hub(make_package(), REPO)  # the rerun completes it
     before = online.files(REPO)

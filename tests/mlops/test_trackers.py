@@ -17,7 +17,7 @@ mlflow = pytest.importorskip("mlflow")
 from _mlops_job import grep_tree, make_trainer, wandb_records  # noqa: E402
 
 from shared_core.mlops import REDACTED  # noqa: E402
-from shared_core.mlops._mlflow import replay_mlflow_buffer  # noqa: E402
+from shared_core.mlops import replay_mlflow_buffer  # noqa: E402  (the name the outage warning tells users to call)
 from shared_core.mlops.metrics import GUIDE_METRIC_KEYS  # noqa: E402
 from shared_core.mlops.state import TRACKERS_FILE  # noqa: E402
 from tensafe_hf.mlops import TenSafeMLflowCallback, TenSafeMLflowConfig, TenSafeWandbCallback  # noqa: E402
