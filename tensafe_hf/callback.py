@@ -352,7 +352,9 @@ class TenSafeDPCallback(TrainerCallback):
         engine, plan = self._engine, self._plan
         if engine is None or plan is None or self._noise_multiplier is None:
             raise PrivacyError("TenSafe DP update reached before on_train_begin")
-        if self._ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=self._noise_multiplier):
+        if engine.any_rank(
+            self._ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=self._noise_multiplier)
+        ):
             engine.discard_update()
             for p in engine.params:
                 p.grad = None  # the optimizer skips parameters without a gradient: nothing is applied
@@ -364,12 +366,15 @@ class TenSafeDPCallback(TrainerCallback):
         self._dropped_examples = engine.dropped_total
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        plan = self._plan
-        if self._ledger is None or plan is None or self._noise_multiplier is None or control.should_training_stop:
+        plan, engine = self._plan, self._engine
+        if self._ledger is None or plan is None or self._noise_multiplier is None or engine is None:
             return
-        if state.global_step < state.max_steps and self._ledger.would_exceed_budget(
-            sample_rate=plan.sample_rate, noise_multiplier=self._noise_multiplier
-        ):
+        wants_stop = (
+            not control.should_training_stop
+            and state.global_step < state.max_steps
+            and self._ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=self._noise_multiplier)
+        )
+        if engine.any_rank(wants_stop):  # every rank takes part in the vote, whatever it decided locally
             self._stop_for_budget(control, state)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

@@ -289,7 +289,9 @@ class _TenSafeDPMixin:
             plan.sampler,
             plan.world_size,
         )
-        if self._ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=self._noise_multiplier):
+        if self._require_engine().any_rank(
+            self._ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=self._noise_multiplier)
+        ):
             self._stop_for_budget(trainer)
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
@@ -368,7 +370,7 @@ class _TenSafeDPMixin:
                 "multiple of accumulate_grad_batches and resume only from checkpoints saved after an optimizer step"
             )
         self._micro_batches = 0
-        if ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=sigma):
+        if engine.any_rank(ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=sigma)):
             engine.discard_update()
             for p in engine.params:
                 p.grad = None  # the optimizer skips parameters without a gradient: nothing is applied
@@ -384,11 +386,12 @@ class _TenSafeDPMixin:
         if plan is None or ledger is None or sigma is None:
             return
         more_planned = self._horizon is None or ledger.steps < self._horizon
-        if (
+        wants_stop = (
             not trainer.should_stop
             and more_planned
             and ledger.would_exceed_budget(sample_rate=plan.sample_rate, noise_multiplier=sigma)
-        ):
+        )
+        if self._require_engine().any_rank(wants_stop):  # every rank takes part in the vote
             self._stop_for_budget(trainer)
         if _compat.should_update_logs(trainer) or trainer.should_stop:
             self._log_step_metrics()

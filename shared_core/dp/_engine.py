@@ -329,6 +329,23 @@ class DPGradientEngine:
         self._examples_in_update = 0
         self._dropped_in_update = 0
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank: one all-reduce, so every rank acts on the same decision.
+
+        The budget-stop decision goes through here: ranks hold identical ledgers, but a decision that is not reduced
+        could still split (a rank resumed from another checkpoint, floating-point drift) and leave the others waiting
+        in the next all-reduce.
+        """
+        _, world = self._rank_world()
+        if world == 1:
+            return bool(flag)
+        import torch
+        import torch.distributed as dist
+
+        vote = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.params[0].device)
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        return bool(vote.item())
+
     def _rank_world(self) -> tuple[int, int]:
         if not self._distributed:
             return 0, 1

@@ -370,8 +370,17 @@ def test_iterable_dataset_is_refused_and_an_unverified_sampler_is_labelled(tmp_p
     assert json.loads((tmp_path / "privacy_state.json").read_text())["settings"]["sampler"].startswith("unverified")
 
 
+# The launch recipes of the README that start two CPU processes (`accelerate launch --cpu` starts only one).
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "{port}"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                   "{port}"],
+}  # fmt: skip
+
+
 @pytest.mark.multiprocess
-def test_two_ranks_apply_the_same_noised_update_and_q_counts_all_ranks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_ranks_apply_the_same_noised_update_and_q_counts_all_ranks(tmp_path: Path, launcher: str) -> None:
     import socket
     import subprocess
     import sys
@@ -380,28 +389,36 @@ def test_two_ranks_apply_the_same_noised_update_and_q_counts_all_ranks(tmp_path:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     script = Path(__file__).parent / "_hf_ddp_script.py"
+    launch = [a.format(port=port) for a in LAUNCHERS[launcher]]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(port),
-            str(script),
-            str(tmp_path),
-        ],
+        [sys.executable, *launch, str(script), str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         cwd=Path(__file__).parents[2],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
-    assert ranks[0]["expected_batch_size"] == 2 * 2 * 2  # per-device x accumulation x world
-    assert ranks[0]["sample_rate"] == pytest.approx(8 / 32)
-    assert ranks[0]["steps"] == ranks[1]["steps"] == 3
+    b = 2 * 2 * 2  # per-device x accumulation x world
+    assert ranks[0]["expected_batch_size"] == b
+    assert ranks[0]["sample_rate"] == pytest.approx(b / 32)
+    # The budget stop is one decision for the job: both ranks stop after the same update, and nothing hangs.
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 8
+    assert ranks[0]["global_step"] == ranks[1]["global_step"]
+    # Noise once, all-reduced sums: every rank applies the same update.
     assert ranks[0]["norms"] == ranks[1]["norms"]
     assert ranks[0]["params"] == ranks[1]["params"]
+    # Sampling: each rank draws from its own shard with its own stream (set_seed gave both the same global seed),
+    # and q counts the examples of all ranks: over 8 updates the two ranks together hold about 8 * B examples
+    # (Binomial(8 * 32, 1/4): mean 64, sd 6.9), not twice that (each rank sampling the whole set, or re-sharded).
+    preflight = [0, 1, 2]  # the numerical preflight checks hooked gradients on the first rows before step one
+    assert ranks[0]["rows"][:3] == ranks[1]["rows"][:3] == preflight
+    rows0, rows1 = ranks[0]["rows"][3:], ranks[1]["rows"][3:]
+    assert all(r % 2 == 0 for r in rows0)
+    assert all(r % 2 == 1 for r in rows1)
+    assert [r // 2 for r in rows0] != [r // 2 for r in rows1]  # not the same Poisson masks on both shards
+    assert 64 - 28 <= len(rows0) + len(rows1) <= 64 + 28
+    # The cross-rank vote behind the stop: true on one rank is true on all.
+    assert [r["vote_one_rank_true"] for r in ranks] == [True, True]
+    assert [r["vote_all_false"] for r in ranks] == [False, False]
