@@ -8,8 +8,10 @@ Contenders, all on SmolLM2-135M (the main job's GGUF weights) with LoRA r=8 on q
 threads, the same AdamW (lr 2e-4) and the same (expected) batch:
 
 * ``no_dp``: the stock ``transformers.Trainer``, fixed batches of ``--batch``;
-* ``tensafe``: ``TenSafeTrainer(dp_config=DPConfig(...))``, Poisson batches of expected size ``--batch``;
-* ``tensafe_sigma_only``: the same without ``target_epsilon`` (no budget to enforce: isolates the accountant's cost);
+* ``tensafe``: ``TenSafeTrainer(dp_config=DPConfig(target_epsilon=8, ...))``, Poisson batches of expected size
+  ``--batch``, the noise multiplier calibrated to the run's updates (as ``tensafe train`` does);
+* ``tensafe_sigma_only``: the same with ``noise_multiplier=1`` and no target (no budget to enforce: isolates the
+  accountant's cost);
 * ``opacus_hooks``: a hand-written loop with ``PrivacyEngine().make_private(..., poisson_sampling=True)``;
 * ``opacus_ghost``: the same with ``grad_sample_mode="ghost"`` (ghost clipping: per-example norms, two backwards).
 
@@ -170,16 +172,11 @@ def _trainer_run(mode: str, model: Any, dataset: Any, collator: _CountingCollato
         if mode == "no_dp":
             trainer = Trainer(**common)
         else:
-            # "tensafe": what a user writes (a budget to enforce); "tensafe_sigma_only": no target, so no budget
-            # search, which isolates the cost of the per-example step from that of the accountant.
-            budget = {"target_epsilon": TARGET_EPSILON} if mode == "tensafe" else {}
-            dp = DPConfig(
-                noise_multiplier=NOISE_MULTIPLIER,
-                max_grad_norm=MAX_GRAD_NORM,
-                target_delta=DELTA,
-                expected_batch_size=opts.batch,
-                **budget,
-            )
+            # "tensafe": what a user writes, a target epsilon (the noise is calibrated so that the run's updates
+            # spend it, and the budget is enforced); "tensafe_sigma_only": a given noise multiplier and no target,
+            # which isolates the cost of the per-example step from that of the accountant.
+            noise = {"target_epsilon": TARGET_EPSILON} if mode == "tensafe" else {"noise_multiplier": NOISE_MULTIPLIER}
+            dp = DPConfig(max_grad_norm=MAX_GRAD_NORM, target_delta=DELTA, expected_batch_size=opts.batch, **noise)
             trainer = TenSafeTrainer(**common, dp_config=dp, dp_callback_kwargs={"sampling_seed": opts.seed})
         trainer.train()
         if mode != "no_dp":

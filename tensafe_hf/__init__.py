@@ -17,7 +17,9 @@ if importlib.util.find_spec("transformers") is None:  # checked without importin
 
 _LAZY: dict[str, str] = {
     "TenSafeDPCallback": "tensafe_hf.callback",
+    "TenSafeMLflowCallback": "tensafe_hf.mlops",
     "TenSafeTrainer": "tensafe_hf.trainer",
+    "TenSafeWandbCallback": "tensafe_hf.mlops",
 }
 
 __all__ = sorted(_LAZY)
