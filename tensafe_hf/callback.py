@@ -451,7 +451,9 @@ class TenSafeDPCallback(TrainerCallback):
 
         assert self._noise_multiplier is not None
         return PrivacyLedger(
-            **plan.ledger_settings(self.dp_config), noise_multiplier=self._noise_multiplier, planned_steps=horizon
+            **plan.ledger_settings(self.dp_config, sampling_seed=self._sampling_seed),
+            noise_multiplier=self._noise_multiplier,
+            planned_steps=horizon,
         )
 
     def _check_horizon(self, horizon: int, done: int) -> None:
@@ -479,7 +481,7 @@ class TenSafeDPCallback(TrainerCallback):
                 "training refuses to continue (epsilon must never restart at 0). Resume from a checkpoint written by "
                 "TenSafe, or start a new run."
             )
-        settings = plan.ledger_settings(self.dp_config)
+        settings = plan.ledger_settings(self.dp_config, sampling_seed=self._sampling_seed)
         if self.dp_config.noise_multiplier is not None:
             settings["noise_multiplier"] = self.dp_config.noise_multiplier
         return PrivacyLedger.resume(path, global_step=int(state.global_step), **settings)

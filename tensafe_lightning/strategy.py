@@ -506,7 +506,7 @@ class _TenSafeDPMixin:
 
         assert self._noise_multiplier is not None
         return PrivacyLedger(
-            **plan.ledger_settings(self._dp_config),
+            **plan.ledger_settings(self._dp_config, sampling_seed=self._sampling_seed),
             noise_multiplier=self._noise_multiplier,
             planned_steps=self._horizon,
         )
@@ -530,7 +530,7 @@ class _TenSafeDPMixin:
             )
         else:
             return None
-        settings = plan.ledger_settings(self._dp_config)
+        settings = plan.ledger_settings(self._dp_config, sampling_seed=self._sampling_seed)
         if self._dp_config.noise_multiplier is not None:
             settings["noise_multiplier"] = self._dp_config.noise_multiplier
         ledger.check_resume(global_step=done - skipped, **settings)

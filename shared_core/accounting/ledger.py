@@ -58,6 +58,7 @@ _SETTING_KEYS = (
     "planned_steps",
     "sample_rate",
     "sampler",
+    "sampling_seed_fixed",
     "target_epsilon",
 )
 # Settings that must match exactly when a run resumes (planned_steps may grow: the budget still stops the run).
@@ -116,6 +117,9 @@ class PrivacyLedger:
         planned_steps: Planned optimizer updates (for reports and the pre-training budget check).
         noise_seed_fixed: Whether the noise came from a fixed, user-given seed (tests only): anyone who knows the seed
             can regenerate and subtract the noise, so such a run reports epsilon but is never certified.
+        sampling_seed_fixed: Whether the Poisson batches came from a fixed, user-given seed (tests only): anyone who
+            knows the seed knows which examples each update used, so there is no amplification by sampling and the
+            run is never certified either.
 
     Raises:
         ConfigError: A setting is invalid or inconsistent (for example ``q * N`` far from ``B``).
@@ -135,6 +139,7 @@ class PrivacyLedger:
         sampler: str = "poisson",
         planned_steps: int | None = None,
         noise_seed_fixed: bool = False,
+        sampling_seed_fixed: bool = False,
     ) -> None:
         self._settings = _validated_settings(
             target_epsilon=target_epsilon,
@@ -148,6 +153,7 @@ class PrivacyLedger:
             sampler=sampler,
             planned_steps=planned_steps,
             noise_seed_fixed=noise_seed_fixed,
+            sampling_seed_fixed=sampling_seed_fixed,
         )
         self._counts: dict[tuple[float, float], int] = {}
         self._runs: list[list[Any]] = []
@@ -204,6 +210,11 @@ class PrivacyLedger:
     def noise_seed_fixed(self) -> bool:
         """Whether the noise came from a fixed seed (then no certificate is issued for the run)."""
         return bool(self._settings["noise_seed_fixed"])
+
+    @property
+    def sampling_seed_fixed(self) -> bool:
+        """Whether the Poisson batches came from a fixed seed (then no certificate is issued for the run)."""
+        return bool(self._settings["sampling_seed_fixed"])
 
     @property
     def planned_steps(self) -> int | None:
@@ -558,6 +569,7 @@ def _validated_settings(
     sampler: str,
     planned_steps: int | None,
     noise_seed_fixed: bool,
+    sampling_seed_fixed: bool,
 ) -> dict[str, Any]:
     if target_epsilon is not None and (
         isinstance(target_epsilon, bool)
@@ -577,8 +589,9 @@ def _validated_settings(
         raise ConfigError(f"max_grad_norm must be a finite number > 0 (the clip norm C), got {max_grad_norm!r}")
     if not isinstance(sampler, str) or not sampler:
         raise ConfigError(f"sampler must name the sampling scheme (e.g. 'poisson'), got {sampler!r}")
-    if not isinstance(noise_seed_fixed, bool):
-        raise ConfigError(f"noise_seed_fixed must be True or False, got {noise_seed_fixed!r}")
+    for name, flag in (("noise_seed_fixed", noise_seed_fixed), ("sampling_seed_fixed", sampling_seed_fixed)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{name} must be True or False, got {flag!r}")
     q = check_sample_rate(sample_rate)
     if q == 0.0:
         raise ConfigError("sample_rate must be > 0: q = expected_batch_size / num_examples")
@@ -600,5 +613,6 @@ def _validated_settings(
         "planned_steps": None if planned_steps is None else check_steps(planned_steps, name="planned_steps"),
         "sample_rate": q,
         "sampler": sampler,
+        "sampling_seed_fixed": sampling_seed_fixed,
         "target_epsilon": None if target_epsilon is None else float(target_epsilon),
     }

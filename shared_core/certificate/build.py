@@ -171,8 +171,8 @@ def build_certificate(
         The certificate as a JSON-ready dict (sign it with :func:`sign_certificate`).
 
     Raises:
-        PrivacyError: No update was recorded, epsilon is not finite, the noise came from a fixed seed, or the sampler
-            is not covered.
+        PrivacyError: No update was recorded, epsilon is not finite, the noise or the batches came from a fixed
+            seed, or the sampler is not covered.
         ConfigError: An argument is malformed or contradicts the ledger.
     """
     if not isinstance(ledger, PrivacyLedger):
@@ -190,6 +190,12 @@ def build_certificate(
             "the run drew its noise from a fixed seed (DPConfig.noise_seed): whoever knows the seed can regenerate "
             "the noise and subtract it, so there is no DP guarantee to certify. Retrain with noise_seed=None (the "
             "default, seeded from the operating system)"
+        )
+    if ledger.sampling_seed_fixed:
+        raise PrivacyError(
+            "the run drew its Poisson batches from a fixed seed (sampling_seed): whoever knows the seed knows which "
+            "examples every update used, so the accounted sampling did not happen. Retrain with sampling_seed=None "
+            "(the default, seeded from the operating system)"
         )
     sampler_ok = ledger.sampler == "poisson"
     if not sampler_ok and not allow_unverified_sampler:

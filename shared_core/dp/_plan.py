@@ -43,8 +43,13 @@ class DPPlan:
         """Whether the accounting covers the sampler that actually runs."""
         return self.sampler == "poisson"
 
-    def ledger_settings(self, dp_config: DPConfig) -> dict[str, Any]:
-        """The :class:`~shared_core.accounting.PrivacyLedger` settings of this run (all but sigma and the horizon)."""
+    def ledger_settings(self, dp_config: DPConfig, *, sampling_seed: int | None) -> dict[str, Any]:
+        """The :class:`~shared_core.accounting.PrivacyLedger` settings of this run (all but sigma and the horizon).
+
+        Args:
+            dp_config: The run's DP settings.
+            sampling_seed: The Poisson sampler's seed the adapter was given (``None``: seeded from the OS).
+        """
         return {
             "target_epsilon": dp_config.target_epsilon,
             "delta": dp_config.resolve_delta(self.num_examples),
@@ -55,4 +60,5 @@ class DPPlan:
             "expected_batch_size": self.expected_batch_size,
             "sampler": self.sampler,
             "noise_seed_fixed": dp_config.noise_seed is not None,
+            "sampling_seed_fixed": sampling_seed is not None,
         }

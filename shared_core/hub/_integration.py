@@ -257,7 +257,6 @@ class TenSafeHFHubIntegration:
                 )
 
     def _commit(self, view: PackageView, uploads: list[tuple[str, bytes]], repo_id: str, message: str) -> str:
-        hf = _hf()
         api = self._api()
         repo_type = self.config.repo_type
         existed = api.repo_exists(repo_id, repo_type=repo_type)

@@ -102,6 +102,11 @@ _VOCAB_TOKEN_WORDS = frozenset(
 )
 # ``<word>_tokens`` (plural) is secret only for these (``access_tokens``); ``max_tokens`` is a count.
 _PLURAL_TOKEN_QUALIFIERS = frozenset({"access", "api", "auth", "bearer", "hf", "hub", "refresh", "session"})
+# ``<word>_pass`` / ``<word>_pwd`` is a password for these words.
+_PASS_QUALIFIERS = frozenset(
+    {"admin", "database", "db", "ftp", "ldap", "login", "mail", "mysql", "pg", "postgres", "redis", "root", "smtp",
+     "sql", "ssh", "user"}
+)  # fmt: skip
 # Keys under which a bare 40-hex string is taken for a W&B API key (elsewhere it is usually a git commit).
 _HEX_KEY_WORDS = frozenset({"key", "apikey", "wandb", "auth", "login", "api"})
 
@@ -116,21 +121,35 @@ _TOKEN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("slack token", re.compile(r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9\-]{10,}")),
     ("aws access key id", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])")),
     ("wandb v1 key", re.compile(r"(?<![A-Za-z0-9])wandb_v1_[A-Za-z0-9_]{20,}")),
+    (
+        "private key",
+        re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?"),
+    ),
     ("json web token", re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
 # scheme://user[:password]@host -> the user-info part.
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/@:\"'<>]+(?::[^\s/@\"'<>]*)?)@")
+# ``user:password@``, ``user@`` and ``:password@`` (Redis URLs have no user name).
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>(?:[^\s/@:\"'<>]+(?::[^\s/@\"'<>]*)?|:[^\s/@\"'<>]+))@"
+)
 _BEARER = re.compile(r"(?i)\b(?P<scheme>bearer|basic)\s+(?P<cred>(?=[^\s]*[0-9])[A-Za-z0-9_\-.=:+/]{16,})")
 # NAME=value (env style) and --flag value / --flag=value (CLI style) for secret-named keys.
 _ASSIGNMENT = re.compile(r"(?P<prefix>\b(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)=)(?P<value>[^\s\"',;&}]+)")
 _CLI_FLAG = re.compile(r"(?P<prefix>--(?P<name>[A-Za-z][A-Za-z0-9_\-]*)(?:=|\s+))(?P<value>[^\s\"',;&}-][^\s\"',;&}]*)")
+# ``NAME='value'`` / ``NAME="value"`` (shell lines) and ``name: value`` (YAML, logs).
+_QUOTED_ASSIGNMENT = re.compile(
+    r"(?P<prefix>\b(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)=(?P<quote>['\"]))(?P<value>[^'\"\s]{1,})(?P=quote)"
+)
+_COLON_PAIR = re.compile(r"(?P<prefix>\b(?P<name>[A-Za-z][A-Za-z0-9_.\-]*):[ \t]+)(?P<value>[^\s\"',;{}\[\]]+)")
 _JSON_PAIR = re.compile(r"(?P<prefix>\"(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)\"\s*:\s*\")(?P<value>[^\"\\]{4,})\"")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_NAMED_VALUE_PATTERNS = (_JSON_PAIR, _ASSIGNMENT, _QUOTED_ASSIGNMENT, _CLI_FLAG, _COLON_PAIR)
 _PLACEHOLDERS = frozenset({"", REDACTED.lower(), "none", "null", "true", "false", "<hub_token>", "***", "<redacted>"})
 
 
 def _key_words(key: str) -> list[str]:
-    return [w.lower() for w in _WORD_SPLIT.split(key) if w]
+    # ``passwd2`` is still a password: trailing digits are dropped from each word.
+    return [w.lower().rstrip("0123456789") or w.lower() for w in _WORD_SPLIT.split(key) if w]
 
 
 def is_secret_key(key: str) -> bool:
@@ -158,6 +177,8 @@ def is_secret_key(key: str) -> bool:
         return prev in _KEY_QUALIFIERS or prev in {"wandb", "mlflow", "hf", "openai", "anthropic", "comet", "neptune"}
     if last in {"auth", "pat"}:
         return True
+    if last in {"pass", "pwd"}:  # db_pass, smtp_pwd; a bare PWD is the working directory, first_pass a count
+        return prev in _PASS_QUALIFIERS
     return prev == "api" and last in {"key", "keys"}
 
 
@@ -183,8 +204,11 @@ def redact_text(text: str) -> str:
     def _assign(m: re.Match[str]) -> str:
         return f"{m['prefix']}{REDACTED}" if _names_a_secret(m) else m.group(0)
 
-    for pattern in (_ASSIGNMENT, _CLI_FLAG):
+    for pattern in (_ASSIGNMENT, _CLI_FLAG, _COLON_PAIR):
         out = pattern.sub(_assign, out)
+    out = _QUOTED_ASSIGNMENT.sub(
+        lambda m: f"{m['prefix']}{REDACTED}{m['quote']}" if _names_a_secret(m) else m.group(0), out
+    )
     return _JSON_PAIR.sub(lambda m: f'{m["prefix"]}{REDACTED}"' if _names_a_secret(m) else m.group(0), out)
 
 
@@ -280,7 +304,7 @@ def _collect(obj: Any, key: str | None, out: set[str], depth: int = 0) -> None:
                     out.add(password)
         for _kind, pattern in _TOKEN_PATTERNS:
             out.update(m.group(0) for m in pattern.finditer(obj))
-        for pattern in (_ASSIGNMENT, _CLI_FLAG, _JSON_PAIR):
+        for pattern in _NAMED_VALUE_PATTERNS:
             out.update(m["value"] for m in pattern.finditer(obj) if _names_a_secret(m))
         if key is not None and _HEX40.match(obj) and set(_key_words(key)) & _HEX_KEY_WORDS:
             out.add(obj)
@@ -327,7 +351,7 @@ def _iter_findings(text: str, canaries: list[str]) -> Iterator[tuple[int, str]]:
     for m in _BEARER.finditer(text):
         if m["cred"] != REDACTED:
             yield m.start("cred"), f"{m['scheme'].lower()} credential"
-    for pattern in (_JSON_PAIR, _ASSIGNMENT, _CLI_FLAG):
+    for pattern in _NAMED_VALUE_PATTERNS:
         for m in pattern.finditer(text):
             if _names_a_secret(m):
                 yield m.start("value"), f"value of secret key {m['name']!r}"
@@ -377,9 +401,7 @@ def _scan_file(path: Path, canaries: list[str]) -> list[str]:
     return [f"{kind} at offset {offset}" for offset, kind in sorted(findings)]
 
 
-def scan_paths(
-    paths: Iterable[str | os.PathLike[str]], *, canaries: Iterable[str] = ()
-) -> list[tuple[Path, str]]:
+def scan_paths(paths: Iterable[str | os.PathLike[str]], *, canaries: Iterable[str] = ()) -> list[tuple[Path, str]]:
     """Scan files and folders (recursively) for secrets; see :func:`find_secrets`.
 
     Symbolic links are reported, not followed. A file named ``training_args.bin`` is always a finding: it is a

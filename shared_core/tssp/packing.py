@@ -56,35 +56,6 @@ TRAINING_CONFIG_NAME = "training_config.json"
 _RESERVED = {WEIGHTS_NAME, CONFIG_NAME, CERTIFICATE_NAME, REPORT_NAME, TRAINING_CONFIG_NAME, ENVELOPE_NAME}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 _TOKENIZER_NAMES = {"special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json"}
-_SECRET_EXACT = {
-    "token",
-    "password",
-    "passwd",
-    "secret",
-    "api_key",
-    "apikey",
-    "credentials",
-    "credential",
-    "private_key",
-    "access_key",
-    "secret_key",
-    "client_secret",
-    "auth",
-}
-_SECRET_SUFFIXES = (
-    "_token",
-    "_password",
-    "_passwd",
-    "_secret",
-    "_api_key",
-    "_apikey",
-    "_secret_key",
-    "_access_key",
-    "_private_key",
-    "_credentials",
-)
-_SPECIAL_TOKENS = {"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token"}
-_URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@", re.IGNORECASE)
 _REDACTED = re.compile(r"\A(\**|<?\[?redacted\]?>?|\*+redacted\*+|none|null)\Z", re.IGNORECASE)
 
 
@@ -255,29 +226,33 @@ def _bind_certificate(cert: dict[str, Any] | None, weights_sha: str) -> None:
 
 
 def _find_secret(value: Any, where: str) -> str | None:
+    """Where in ``value`` a secret sits, by the same detector as the tracker redaction (names, URLs, token shapes)."""
+    from shared_core.mlops.redaction import find_secrets, has_url_credentials, is_secret_key
+
     if isinstance(value, dict):
         for key, item in value.items():
-            norm = str(key).lower().replace("-", "_")
-            secret_name = norm in _SECRET_EXACT or (norm.endswith(_SECRET_SUFFIXES) and norm not in _SPECIAL_TOKENS)
-            if (
-                secret_name
-                and item not in (None, "", [], {})
-                and not (isinstance(item, str) and _REDACTED.match(item.strip()))
-            ):
+            if is_secret_key(str(key)) and _holds_secret(item):
                 return f"{where}.{key}"
             found = _find_secret(item, f"{where}.{key}")
             if found:
                 return found
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             found = _find_secret(item, f"{where}[{index}]")
             if found:
                 return found
     elif isinstance(value, str):
-        for match in _URL_CREDENTIALS.finditer(value):
-            if not _REDACTED.match(match.group(1)):
-                return f"{where} (a URL with credentials)"
+        if has_url_credentials(value):
+            return f"{where} (a URL with credentials)"
+        if find_secrets(value):
+            return f"{where} (a token, key or password in the text)"
     return None
+
+
+def _holds_secret(item: Any) -> bool:
+    if item is None or isinstance(item, (bool, int, float)) or item in ("", [], {}):
+        return False
+    return not (isinstance(item, str) and _REDACTED.match(item.strip()))
 
 
 def _training_config_bytes(config: dict[str, Any]) -> bytes:

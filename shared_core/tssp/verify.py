@@ -429,7 +429,22 @@ def _read_archive(
         results[entry["path"]] = check.finish()
     for name in sorted(set(entries) - seen):
         raise VerificationError(f"{name}: listed in the signed manifest but missing", path=name, check="missing")
+    _check_archive_end(fh, tar.offset)
     return manifest, _finish_all(manifest, results, keep)
+
+
+def _check_archive_end(fh: IO[bytes], end: int) -> None:
+    """After the last member only the tar end marker's zero padding may follow: no byte is left unaccounted for (a
+    second archive appended after the end marker would be read by ``tar -i`` and tools that concatenate archives)."""
+    fh.seek(end)
+    limit = tarfile.RECORDSIZE + 2 * tarfile.BLOCKSIZE
+    rest = fh.read(limit + 1)
+    if len(rest) > limit or rest.count(0) != len(rest):
+        raise VerificationError(
+            "archive: bytes follow the end of the archive (appended data or a second archive)",
+            path="archive",
+            check="archive",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------- inspect

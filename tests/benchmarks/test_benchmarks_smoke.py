@@ -1,4 +1,4 @@
-"""``benchmarks/run.py --quick`` runs every benchmark end to end on tiny sizes (the real run is manual: BENCHMARKS.md)."""
+"""``benchmarks/run.py --quick`` runs every benchmark end to end on tiny sizes (the real run: BENCHMARKS.md)."""
 
 from __future__ import annotations
 

@@ -240,6 +240,9 @@ def test_build_refuses_what_it_cannot_certify(adapter_dir: Path) -> None:
     # Noise from a known seed can be regenerated and subtracted: epsilon is reported, but never certified.
     with pytest.raises(PrivacyError, match="fixed seed"):
         certificate_for(make_ledger(accountant="rdp", steps=3, noise_seed_fixed=True), adapter_dir)
+    # Known Poisson batches: which examples each update used is no secret, so there is no sampling amplification.
+    with pytest.raises(PrivacyError, match="Poisson batches from a fixed seed"):
+        certificate_for(make_ledger(accountant="rdp", steps=3, sampling_seed_fixed=True), adapter_dir)
     noiseless = make_ledger(accountant="rdp", steps=3, noise_multiplier=0.0)
     with pytest.raises(PrivacyError, match="infinite"):
         certificate_for(noiseless, adapter_dir)

@@ -58,7 +58,11 @@ def main(out: str) -> None:
     collator = _RecordingCollator()
     rows = [dict(r, row=i) for i, r in enumerate(lm_dataset(N))]
     args = training_args(
-        out, max_steps=PLANNED, per_device_train_batch_size=PER_DEVICE, gradient_accumulation_steps=GA, ddp_backend="gloo"
+        out,
+        max_steps=PLANNED,
+        per_device_train_batch_size=PER_DEVICE,
+        gradient_accumulation_steps=GA,
+        ddp_backend="gloo",
     )
     trainer = Trainer(model=gpt2_lora(), args=args, train_dataset=rows, data_collator=collator, callbacks=[cb, probe])
     trainer.train()

@@ -207,7 +207,8 @@ def test_stock_trainer_with_callback_only_trains_and_writes_a_loadable_adapter(t
     assert cb.ledger.steps == 2
     assert 0 < cb.ledger.epsilon_spent <= 8.0
     assert cb.summary()["sampler"] == "poisson"
-    assert cb.ledger.noise_seed_fixed is False  # OS-seeded noise: this run can be certified
+    assert cb.ledger.noise_seed_fixed is False  # OS-seeded noise and batches: this run can be certified
+    assert cb.ledger.sampling_seed_fixed is False
     after_frozen, after_lora = frozen(model), trainable(model)
     assert all(torch.equal(before_frozen[k], after_frozen[k]) for k in before_frozen)
     assert all(not torch.equal(before_lora[k], after_lora[k]) for k in before_lora)

@@ -108,6 +108,28 @@ def test_redacts_keys_urls_and_token_shapes_without_false_positives() -> None:
         assert secret not in dumped.replace(WANDB_KEY, "")
 
 
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("redis://:Hunter2RedisPass@cache:6379/0", "Hunter2RedisPass"),  # a URL password without a user name
+        ("HF_TOKEN='s3cr3t-hub-token-value' python train.py", "s3cr3t-hub-token-value"),
+        ('export DB_PASSWORD="Pg-Pa55word!"', "Pg-Pa55word!"),
+        ("password: hunter2-in-yaml", "hunter2-in-yaml"),
+        ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----", "MC4CAQAwBQYDK2VwBCIEIA"),
+    ],
+)
+def test_secret_shapes_in_free_text_are_redacted_and_found(text: str, secret: str) -> None:
+    assert secret not in redact_config_secrets({"note": text})["note"]
+    assert find_secrets(text)
+
+
+def test_password_like_names_without_false_positives() -> None:
+    for key in ("db_pass", "smtp_pwd", "passwd2", "user_pass"):
+        assert is_secret_key(key), key
+    for key in ("PWD", "first_pass", "num_passes", "bypass"):  # PWD is the working directory, not a password
+        assert not is_secret_key(key), key
+
+
 def test_containers_and_dataclasses_keep_their_shape() -> None:
     @dataclasses.dataclass
     class Cfg:

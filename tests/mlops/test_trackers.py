@@ -16,8 +16,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from _mlops_job import grep_tree, make_trainer, wandb_records  # noqa: E402
 
-from shared_core.mlops import REDACTED  # noqa: E402
-from shared_core.mlops import replay_mlflow_buffer  # noqa: E402  (the name the outage warning tells users to call)
+from shared_core.mlops import REDACTED, replay_mlflow_buffer  # noqa: E402 (the name the outage warning gives)
 from shared_core.mlops.metrics import GUIDE_METRIC_KEYS  # noqa: E402
 from shared_core.mlops.state import TRACKERS_FILE  # noqa: E402
 from tensafe_hf.mlops import TenSafeMLflowCallback, TenSafeMLflowConfig, TenSafeWandbCallback  # noqa: E402
@@ -195,8 +194,11 @@ def test_both_trackers_with_report_to_publish_guide_keys_artifacts_registry_and_
     package_files = {c["path"] for c in artifacts["tssp-package"]["manifest"]["contents"]}
     pkg = out / "model.tssp"
     assert package_files == {str(p.relative_to(pkg)) for p in pkg.rglob("*") if p.is_file()}
+    certificate_files = {c["path"] for c in artifacts["dp-certificate"]["manifest"]["contents"]}
+    assert certificate_files == {"dp_certificate.json", "privacy_report.json", "training_config.json"}
     assert any(k.startswith("privacy/budget_gauge") for h in history for k in h)
     assert any(k.startswith("privacy/epsilon_loss_tradeoff") for h in history for k in h)
+    assert any(k.startswith("privacy/report") for h in history for k in h)  # the privacy report table
 
     # -- resume data and secrets ----------------------------------------------------------------------------
     saved = json.loads((out / "checkpoint-2" / TRACKERS_FILE).read_text())

@@ -327,6 +327,12 @@ def test_training_config_secrets_are_refused(tmp_path: Path, adapter_dir: Path, 
         {"wandb": {"api_key": "0123456789"}},
         {"db": {"password": "hunter2"}},
         {"tracking_uri": "https://user:pw@mlflow.example.com"},
+        # What the shared detector also catches (the same one the trackers' redaction uses):
+        {"cache_url": "redis://:Hunter2RedisPass@cache:6379/0"},
+        {"launch": "HF_TOKEN='s3cr3t-hub-token-value' python train.py"},
+        {"signing_key_pem": "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n"},
+        {"db_pass": "Pg-Pa55word!"},
+        {"notes": ["password: hunter2-in-yaml"]},
     ):
         with pytest.raises(ConfigError, match="secret"):
             pack(adapter_dir, tmp_path / "p.tssp", keys=keys, training_config=config)
@@ -424,6 +430,20 @@ def test_archive_tampering_is_rejected(pkg: Path, trusted: TrustedKeys) -> None:
     raw = archive.read_bytes()
     archive.write_bytes(raw[: len(raw) // 2])
     _rejects(archive, trusted, check={"archive", "size", "missing"})
+    # Nothing may follow the end marker: neither junk nor a second archive that `tar -i` would extract over ours.
+    _retar(archive, original)
+    signed = archive.read_bytes()
+    archive.write_bytes(signed + b"\0" * 1024 + b"junk")
+    _rejects(archive, trusted, check="archive")
+    evil = tarfile.TarInfo(WEIGHTS)
+    evil.size = 4
+    second = io.BytesIO()
+    with tarfile.open(fileobj=second, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(evil, io.BytesIO(b"evil"))
+    archive.write_bytes(signed + second.getvalue())
+    _rejects(archive, trusted, check="archive")
+    archive.write_bytes(signed)
+    assert verify_package(archive, trusted=trusted)  # the untouched archive (with its zero padding) still verifies
 
 
 def test_inspect_reports_unverified_contents_without_reading_weights(pkg: Path) -> None:
