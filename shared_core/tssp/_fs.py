@@ -34,7 +34,8 @@ def list_tree(root_fd: int, prefix: str = "") -> Iterator[str]:
     """Yield the relative names of every regular file under ``root_fd``; refuse links, specials and hardlinks.
 
     Raises:
-        VerificationError: ``check="layout"`` for a symlink, a hardlinked file, a device, FIFO or socket.
+        VerificationError: ``check="layout"`` for a symlink, a hardlinked file, a device, FIFO or socket;
+            ``check="unlisted"`` for an empty folder.
     """
     with os.scandir(root_fd) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
@@ -45,9 +46,16 @@ def list_tree(root_fd: int, prefix: str = "") -> Iterator[str]:
             if stat.S_ISDIR(info.st_mode):
                 sub = open_dir(entry.name, dir_fd=root_fd, name=rel)
                 try:
-                    yield from list_tree(sub, rel + "/")
+                    found = False
+                    for name in list_tree(sub, rel + "/"):
+                        found = True
+                        yield name
                 finally:
                     os.close(sub)
+                if not found:  # the manifest lists files only: an empty folder is something it does not describe
+                    raise VerificationError(
+                        f"{rel}/: an empty folder that the signed manifest does not list", path=rel, check="unlisted"
+                    )
             elif stat.S_ISREG(info.st_mode):
                 if info.st_nlink != 1:
                     raise VerificationError(

@@ -144,6 +144,11 @@ def test_added_removed_and_renamed_files_are_rejected(pkg: Path, trusted: Truste
     _rejects(pkg, trusted, check={"missing", "unlisted"})
 
 
+def test_an_empty_folder_inside_the_package_is_rejected(pkg: Path, trusted: TrustedKeys) -> None:
+    (pkg / "empty" / "nested").mkdir(parents=True)  # no file in it, so no manifest entry can account for it
+    assert "empty/nested/" in str(_rejects(pkg, trusted, check="unlisted"))
+
+
 def test_a_missing_envelope_is_rejected(pkg: Path, trusted: TrustedKeys) -> None:
     (pkg / ENVELOPE).unlink()
     _rejects(pkg, trusted, check="envelope")
