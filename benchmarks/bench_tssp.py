@@ -1,11 +1,12 @@
-"""Benchmark TSSP pack / verify against ``sha256sum`` on the same weights file, plus sign / verify times.
+"""Benchmark TSSP pack / verify / load against ``sha256sum`` on the same weights file, plus sign / verify times.
 
 Usage::
 
     python benchmarks/bench_tssp.py [--size-mib 1024] [--dir /tmp] [--encrypted]
 
 Each timed operation runs in a fresh child process, so its peak memory growth (VmHWM minus the RSS after imports)
-is its own. Targets: pack and verify throughput >= 80 % of ``sha256sum``; memory growth < 128 MiB.
+is its own. Targets: pack and verify throughput >= 80 % of ``sha256sum``; memory growth < 128 MiB. ``load`` holds the
+verified weights in memory by design (then parses them into tensors), so its growth is the weights' size and more.
 Not part of the test suite.
 """
 
@@ -47,6 +48,13 @@ elif op == 'pack-archive':
     pack(workdir / 'adapter', workdir / 'arc.tssp', keys=keys, encryption_key=cek, archive=True)
 elif op == 'verify-archive':
     verify_package(workdir / 'arc.tssp.tar', trusted=keys.trusted(), decryption_key=cek)
+elif op == 'load':
+    # load_model's byte path: verify, keep the verified weight bytes, parse them into tensors (peft's injection of
+    # the tensors into a base model is left out: it needs a model of the same shape)
+    import safetensors.torch
+    from shared_core.tssp.verify import verify_and_read
+    _, data = verify_and_read(workdir / 'pkg.tssp', trusted=keys.trusted(), decryption_key=cek, keep=('weights',))
+    tensors = safetensors.torch.load(data['adapter_model.safetensors'])
 elapsed = time.perf_counter() - start
 print(json.dumps({'seconds': elapsed, 'growth_mib': (rss_kib('VmHWM') - base) / 1024}))
 """
@@ -141,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             "sha256sum": {"seconds": base_s, "growth_mib": float("nan")},
             "hashlib.sha256 (ref)": {"seconds": min(_hashlib(weights) for _ in range(2)), "growth_mib": float("nan")},
         }
-        plans = [("pack", False), ("verify", False), ("pack-archive", False), ("verify-archive", False)]
+        plans = [("pack", False), ("verify", False), ("load", False)]
+        plans += [("pack-archive", False), ("verify-archive", False)]
         if args.encrypted:
             plans += [("pack", True), ("verify", True)]
         for op, enc in plans:

@@ -15,7 +15,7 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rows = module.main(["--size-mib", "2", "--dir", str(tmp_path)])
-    assert set(rows) >= {"sha256sum", "pack", "verify", "pack-archive", "verify-archive", "signatures"}
+    assert set(rows) >= {"sha256sum", "pack", "verify", "load", "pack-archive", "verify-archive", "signatures"}
     assert rows["pack"]["growth_mib"] < 128
     assert rows["verify"]["seconds"] > 0
     assert list(tmp_path.iterdir()) == []  # the work folder is removed
