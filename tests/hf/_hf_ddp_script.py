@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback  # noqa: E402
 from shared_core.accounting import compute_epsilon  # noqa: E402
 from shared_core.config import DPConfig  # noqa: E402
 from shared_core.dp import DPGradientEngine  # noqa: E402
-from tensafe_hf import TenSafeDPCallback  # noqa: E402
+from tensafe_hf import TenSafeDPCallback, TenSafeMLflowCallback, TenSafeWandbCallback  # noqa: E402
 
 N, PER_DEVICE, GA, PLANNED, STOP_AFTER = 32, 2, 2, 12, 8
 
@@ -64,7 +64,18 @@ def main(out: str) -> None:
         gradient_accumulation_steps=GA,
         ddp_backend="gloo",
     )
-    trainer = Trainer(model=gpt2_lora(), args=args, train_dataset=rows, data_collator=collator, callbacks=[cb, probe])
+    # One job, one run per tracker: only rank zero may talk to MLflow or W&B (offline here; the test counts runs).
+    trackers = [
+        TenSafeMLflowCallback(experiment_name="ddp", tracking_uri=f"sqlite:///{Path(out) / 'mlflow.db'}"),
+        TenSafeWandbCallback(project="ddp", mode="offline", log_gradients=False),
+    ]
+    trainer = Trainer(
+        model=gpt2_lora(),
+        args=args,
+        train_dataset=rows,
+        data_collator=collator,
+        callbacks=[cb, probe, *trackers],
+    )
     trainer.train()
     rank = dist.get_rank()
     vote = DPGradientEngine(torch.nn.Linear(2, 1), max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=1)

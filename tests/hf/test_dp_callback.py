@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -391,12 +392,14 @@ def test_two_ranks_apply_the_same_noised_update_and_q_counts_all_ranks(tmp_path:
         port = sock.getsockname()[1]
     script = Path(__file__).parent / "_hf_ddp_script.py"
     launch = [a.format(port=port) for a in LAUNCHERS[launcher]]
+    env = dict(os.environ, WANDB_DIR=str(tmp_path), WANDB_MODE="offline")
     proc = subprocess.run(
         [sys.executable, *launch, str(script), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).parents[2],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -423,3 +426,12 @@ def test_two_ranks_apply_the_same_noised_update_and_q_counts_all_ranks(tmp_path:
     # The cross-rank vote behind the stop: true on one rank is true on all.
     assert [r["vote_one_rank_true"] for r in ranks] == [True, True]
     assert [r["vote_all_false"] for r in ranks] == [False, False]
+    # One job: one ledger written, one MLflow run, one W&B run, all from rank zero.
+    assert (tmp_path / "privacy_state.json").is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "ddp"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["privacy/epsilon_spent"] > 0
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
