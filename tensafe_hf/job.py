@@ -256,6 +256,7 @@ def run_job(
         train_ds,
         collator,
         output_dir,
+        key_dir=key_dir,
         wandb_project=wandb_project,
         mlflow_experiment=mlflow_experiment,
     )
@@ -273,6 +274,7 @@ def run_job(
         f"{ledger.epsilon_rdp:.4f})"
     )
     sample = _verify_and_generate(config, release.package_path, key_dir, model, tokenizer, console)
+    _publish_release(trainer, output_dir, console)
     push_to_hub = push_to_hub or config.integrations.push_to_hub
     if push_to_hub:
         from shared_core.hub import TenSafeHFHubConfig, TenSafeHFHubIntegration
@@ -307,6 +309,7 @@ def _build_trainer(
     collator: CausalLMCollator,
     output_dir: Path,
     *,
+    key_dir: Path,
     wandb_project: str | None,
     mlflow_experiment: str | None,
 ) -> Any:
@@ -337,7 +340,9 @@ def _build_trainer(
             "expected_batch_size": plan.expected_batch_size,
         }
     )
-    callbacks = _tracker_callbacks(config, wandb_project=wandb_project, mlflow_experiment=mlflow_experiment)
+    callbacks = _tracker_callbacks(
+        config, key_dir=key_dir, wandb_project=wandb_project, mlflow_experiment=mlflow_experiment
+    )
     return TenSafeTrainer(
         model=model, args=args, train_dataset=train_ds, data_collator=collator, dp_config=dp, callbacks=callbacks
     )
@@ -367,21 +372,51 @@ def _release(config: JobConfig, plan: JobPlan, trainer: Any, output_dir: Path, k
     )
 
 
-def _tracker_callbacks(config: JobConfig, *, wandb_project: str | None, mlflow_experiment: str | None) -> list[Any]:
+def _publish_release(trainer: Any, output_dir: Path, console: Any) -> None:
+    """The certificate and package exist only after training: hand them to the tracker callbacks' runs now."""
+    from tensafe_hf.mlops import TenSafeMLflowCallback, TenSafeWandbCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, (TenSafeWandbCallback, TenSafeMLflowCallback)):
+            summary = cb.publish_artifacts(output_dir, args=trainer.args)
+            verified = summary.get("tssp_verified")
+            console.print(f"Published the release to {cb.tracker} (package verified there: {verified})")
+    if any(isinstance(cb, TenSafeWandbCallback) for cb in trainer.callback_handler.callbacks):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def _tracker_callbacks(
+    config: JobConfig, *, key_dir: Path, wandb_project: str | None, mlflow_experiment: str | None
+) -> list[Any]:
     callbacks: list[Any] = []
     wandb_project = wandb_project or config.integrations.wandb_project
     mlflow_experiment = mlflow_experiment or config.integrations.mlflow_experiment
     if wandb_project:
         from tensafe_hf.mlops import TenSafeWandbCallback
 
-        callbacks.append(TenSafeWandbCallback(project=wandb_project))
+        callbacks.append(
+            TenSafeWandbCallback(
+                project=wandb_project, trusted_keys=str(key_dir), log_gradients=False, publish_on_train_end=False
+            )
+        )
     if mlflow_experiment:
         from tensafe_hf.mlops import TenSafeMLflowCallback
 
         uri = config.integrations.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             uri = f"sqlite:///{Path(config.output_dir).resolve() / 'mlflow.db'}"
-        callbacks.append(TenSafeMLflowCallback(experiment_name=mlflow_experiment, tracking_uri=uri))
+        callbacks.append(
+            TenSafeMLflowCallback(
+                experiment_name=mlflow_experiment,
+                tracking_uri=uri,
+                trusted_keys=str(key_dir),
+                registered_model_name=Path(config.output_dir).name,
+                publish_on_train_end=False,
+            )
+        )
     return callbacks
 
 
