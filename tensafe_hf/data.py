@@ -51,9 +51,9 @@ def resolve_path(spec: str) -> Path:
 
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+        return bz2.open(path, "rt", encoding="utf-8", newline="")
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - returned to the caller, closed there
 
 
@@ -64,7 +64,7 @@ def read_rows(spec: str, *, text_column: str = "text", label_column: str | None 
     try:
         with _open_text(path) as handle:
             if kind == "csv":
-                raw: list[dict[str, Any]] = list(csv.DictReader(handle))  # type: ignore[arg-type]
+                raw: list[dict[str, Any]] = list(csv.DictReader(handle))
             elif kind in ("jsonl", "ndjson"):
                 raw = [json.loads(line) for line in handle if line.strip()]
             elif kind == "txt":

@@ -243,7 +243,7 @@ def run_job(
     model = _apply_lora(model, config)
     timings["load_s"] = time.perf_counter() - t0
     collator = CausalLMCollator(pad_token_id=tokenizer.pad_token_id)
-    kw = {"template": config.data.template, "max_length": config.data.max_length}
+    kw: dict[str, Any] = {"template": config.data.template, "max_length": config.data.max_length}
     train_ds = TextDataset(tokenize_rows(plan.train_rows, tokenizer, **kw))
     eval_ds = TextDataset(tokenize_rows(plan.eval_rows, tokenizer, **kw))
     loss_before = _held_out_loss(model, eval_ds, collator)
