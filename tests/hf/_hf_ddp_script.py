@@ -93,6 +93,10 @@ def main(out: str) -> None:
         "vote_all_false": vote.any_rank(False),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    # Leave together and close the gloo group: a process that exits with the group's threads still running can die
+    # of "terminate called without an active exception" (SIGABRT) after all its work is done.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
