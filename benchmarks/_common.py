@@ -145,6 +145,16 @@ def run_child(script: Path, args: Sequence[str], *, timeout: float) -> dict[str,
     raise RuntimeError(f"benchmark child {script.name} {' '.join(args)} failed (exit {done.returncode}):\n{tail}")
 
 
+def finish(result: dict[str, Any], print_table: Any, json_path: Path | None) -> dict[str, Any]:
+    """Stamp a benchmark's figures with the machine and versions, print its table, optionally write them as JSON."""
+    result["machine"] = machine()
+    result["versions"] = versions()
+    print_table(result)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def emit(figures: dict[str, Any]) -> None:
     """Print a child's figures on the marker line the parent reads."""
     print(RESULT_MARKER + json.dumps(figures), flush=True)

@@ -28,7 +28,6 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -424,13 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(opts.modes) - set(MODES))
     if unknown:
         raise SystemExit(f"unknown --modes {unknown}; choose from {', '.join(MODES)}")
-    result = compare(opts)
-    result["machine"] = _common.machine()
-    result["versions"] = _common.versions()
-    print_table(result)
-    if opts.json is not None:
-        opts.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return _common.finish(compare(opts), print_table, opts.json)
 
 
 if __name__ == "__main__":

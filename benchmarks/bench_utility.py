@@ -20,7 +20,6 @@ Poisson draws), with its min-max. ``--quick`` uses tiny sizes to keep the script
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -266,13 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts.lora_targets = tuple(t.strip() for t in opts.lora_targets.split(",") if t.strip())
     if not all(math.isfinite(e) and e > 0 for e in opts.epsilons):
         raise SystemExit(f"--epsilons must be positive numbers, got {opts.epsilons}")
-    result = run(opts)
-    result["machine"] = _common.machine()
-    result["versions"] = _common.versions()
-    print_table(result)
-    if opts.json is not None:
-        opts.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return _common.finish(run(opts), print_table, opts.json)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import rfc8785
 
 from shared_core.errors import ConfigError, VerificationError
+from shared_core.mlops.redaction import find_secrets, has_url_credentials, is_secret_key
 from shared_core.tssp import _encrypt
 from shared_core.tssp._archive import write_archive
 from shared_core.tssp._fs import READ_BLOCK, fsync_dir, open_dir, write_new
@@ -227,8 +228,6 @@ def _bind_certificate(cert: dict[str, Any] | None, weights_sha: str) -> None:
 
 def _find_secret(value: Any, where: str) -> str | None:
     """Where in ``value`` a secret sits, by the same detector as the tracker redaction (names, URLs, token shapes)."""
-    from shared_core.mlops.redaction import find_secrets, has_url_credentials, is_secret_key
-
     if isinstance(value, dict):
         for key, item in value.items():
             if is_secret_key(str(key)) and _holds_secret(item):
